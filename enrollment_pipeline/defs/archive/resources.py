@@ -1,0 +1,109 @@
+"""The historic archive (Contract 5): a folder or `s3://bucket/prefix`, one file per day.
+
+`{root}/{YYYY-MM-DD}.jsonl` and/or `{root}/{YYYY-MM-DD}.jsonl.gz`; both are read when both
+exist. Lines come back as raw bytes with their 1-based number: parsing and dead-lettering are
+the caller's, and a corrupt gzip tail ends the file with an `ArchiveTailError` after the lines
+before it.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import date
+from pathlib import Path
+
+import boto3
+from botocore.config import Config
+from botocore.exceptions import ClientError
+from dagster_aws.utils import ResourceWithBoto3Configuration
+from pydantic import Field
+
+SUFFIXES = (".jsonl", ".jsonl.gz")
+
+
+@dataclass(frozen=True)
+class ArchiveLine:
+    file: str  # as shown in dead letters: the name under the root
+    line: int  # 1-based
+    raw: bytes
+
+
+class ArchiveTailError(RuntimeError):
+    """A gzip member ended early or is corrupt; the lines before it were returned."""
+
+    def __init__(self, file: str, line: int, detail: str) -> None:
+        super().__init__(f"{file}: unreadable after line {line - 1}: {detail}")
+        self.file, self.line, self.detail = file, line, detail
+
+
+class ArchiveResource(ResourceWithBoto3Configuration):
+    """ARCHIVE_ROOT (a folder, or s3:// with AWS_REGION / AWS_ENDPOINT_URL)."""
+
+    root: str = Field(description="ARCHIVE_ROOT: a folder or s3://bucket/prefix")
+
+    @property
+    def is_s3(self) -> bool:
+        return self.root.startswith("s3://")
+
+    def _bucket_prefix(self) -> tuple[str, str]:
+        bucket, _, prefix = self.root.removeprefix("s3://").partition("/")
+        return bucket, prefix.strip("/")
+
+    def _s3(self):
+        session = boto3.session.Session(profile_name=self.profile_name)
+        return session.client(
+            "s3",
+            region_name=self.region_name,
+            endpoint_url=self.endpoint_url,
+            use_ssl=self.use_ssl,
+            verify=self.verify,
+            aws_access_key_id=self.aws_access_key_id,
+            aws_secret_access_key=self.aws_secret_access_key,
+            aws_session_token=self.aws_session_token,
+            config=Config(retries={"max_attempts": self.max_attempts, "mode": "standard"}),
+        )
+
+    def files_for_day(self, day: date) -> list[str]:
+        """Names of the day's files that exist (none is an empty day, not an error)."""
+        names = [f"{day.isoformat()}{suffix}" for suffix in SUFFIXES]
+        if not self.is_s3:
+            return [n for n in names if (Path(self.root) / n).is_file()]
+        bucket, prefix = self._bucket_prefix()
+        found = []
+        client = self._s3()
+        for name in names:
+            key = f"{prefix}/{name}" if prefix else name
+            try:
+                client.head_object(Bucket=bucket, Key=key)
+            except ClientError as exc:
+                if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                    continue
+                raise
+            found.append(name)
+        return found
+
+    def read_bytes(self, name: str) -> bytes:
+        if not self.is_s3:
+            return (Path(self.root) / name).read_bytes()
+        bucket, prefix = self._bucket_prefix()
+        key = f"{prefix}/{name}" if prefix else name
+        return self._s3().get_object(Bucket=bucket, Key=key)["Body"].read()
+
+    def lines(self, name: str) -> Iterator[ArchiveLine]:
+        """The file's non-empty lines; a corrupt gzip tail raises after the good lines."""
+        data = self.read_bytes(name)
+        number = 0
+        stream: io.BufferedIOBase = (
+            gzip.GzipFile(fileobj=io.BytesIO(data)) if name.endswith(".gz") else io.BytesIO(data)
+        )
+        try:
+            for number, raw in enumerate(stream, start=1):
+                stripped = raw.rstrip(b"\r\n")
+                if stripped.strip():
+                    yield ArchiveLine(name, number, stripped)
+        except (EOFError, OSError, zlib.error) as exc:
+            raise ArchiveTailError(name, number + 1, f"{type(exc).__name__}: {exc}") from exc

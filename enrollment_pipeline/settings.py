@@ -1,0 +1,105 @@
+"""Configuration from the environment (Contract 6), with local defaults.
+
+One place names every variable, so the CLI, the local stack and the Dagster definitions agree.
+Secrets are `SecretStr`: they never show in a repr or a log line. Dagster resources do not read
+secrets from here; they take them through `dg.EnvVar` (see `defs/resources.py`).
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import date
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# Consumer groups of the seed design (DESIGN "Consumer groups").
+READ_MODEL_GROUP = "read-model-service"
+BROKER_EMAIL_GROUP = "broker-email-service"
+LEAD_PRODUCER_GROUP = "lead-producer-service"
+LEAD_INTEGRATION_GROUP = "lead-integration-service"
+ENROLLMENT_GROUPS = (READ_MODEL_GROUP, BROKER_EMAIL_GROUP, LEAD_PRODUCER_GROUP)
+
+
+class PipelineSettings(BaseSettings):
+    """The Contract-6 variables; field names are the variable names in lower case."""
+
+    model_config = SettingsConfigDict(env_prefix="", case_sensitive=False, extra="ignore")
+
+    kafka_bootstrap_servers: str = "127.0.0.1:9092"
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    kafka_sasl_mechanism: str | None = None
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: SecretStr | None = None
+    kafka_ssl_cafile: str | None = None
+    kafka_topic_partitions: int = Field(default=6, ge=1)
+    enrollment_topic: str = "enrollment-events"
+    lead_topic: str = "lead-integration-events"
+
+    mongo_uri: str = "mongodb://127.0.0.1:27017/"
+    mongo_database: str = "enrollment"
+
+    email_backend: Literal["smtp", "ses"] = "smtp"
+    smtp_host: str = "127.0.0.1"
+    smtp_port: int = 1025
+    smtp_username: str | None = None
+    smtp_password: SecretStr | None = None
+    smtp_starttls: bool = False
+    email_from: str = "enrollment-followups@example.com"
+    ops_email: str | None = None
+    email_max_per_second: float = Field(default=10.0, gt=0)
+
+    aws_region: str = "us-east-1"
+    aws_endpoint_url: str | None = None
+
+    lead_api_url: str = "http://127.0.0.1:8090"
+    lead_api_token: SecretStr | None = None
+
+    archive_root: str = "./archive"
+    archive_start_date: date = date(2024, 1, 1)
+
+    followup_max_emails: int = Field(default=5, ge=1)
+    followup_interval_minutes: int = Field(default=60, ge=1)
+    followup_max_age_days: int = Field(default=30, ge=1)
+    followup_quiet_hours: str | None = None
+
+
+def _xdg(var: str, fallback: str) -> Path:
+    return Path(os.environ.get(var) or Path.home() / fallback)
+
+
+def _default_state_dir() -> Path:
+    # As root, PostgreSQL runs as the `postgres` user, who cannot enter /root: keep state in
+    # the system's place for service data instead.
+    if os.geteuid() == 0:
+        return Path("/var/lib/enrollment-pipeline")
+    return _xdg("XDG_STATE_HOME", ".local/state") / "enrollment-pipeline"
+
+
+class StackSettings(BaseSettings):
+    """Where and how `enrollment-pipeline stack` runs the local services.
+
+    State (data and logs) and the cache of downloads and builds live outside the repository;
+    the cache is keyed by version, so a second `stack up` reuses it.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="STACK_", case_sensitive=False, extra="ignore")
+
+    state_dir: Path = Field(default_factory=_default_state_dir)
+    cache_dir: Path = Field(
+        default_factory=lambda: _xdg("XDG_CACHE_HOME", ".cache") / "enrollment-pipeline"
+    )
+    host: str = "127.0.0.1"
+    kafka_port: int = 9092
+    kafka_controller_port: int = 9093
+    kafka_version: str = "4.1.1"
+    kafka_heap: str = "768m"
+    mongo_port: int = 27017
+    # auto: mongod when it is on PATH, else FerretDB on PostgreSQL.
+    mongo_engine: Literal["auto", "mongod", "ferretdb"] = "auto"
+    ferretdb_version: str = "v1.24.2"
+    postgres_port: int = 55432
+    smtp_port: int = 1025
+    start_timeout_s: float = 120.0

@@ -1,0 +1,189 @@
+"""The local service stack: PostgreSQL, a MongoDB wire server, Kafka and an SMTP sink.
+
+Started in dependency order, each with a health check before `up` returns; stopped in
+reverse order by pid. Data and logs live under one state folder, downloads and builds in a
+cache folder keyed by version, both outside the repository.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from enrollment_pipeline.settings import PipelineSettings, StackSettings
+from enrollment_pipeline.stack.kafka import Kafka
+from enrollment_pipeline.stack.mongo import MongoWire
+from enrollment_pipeline.stack.postgres import Postgres
+from enrollment_pipeline.stack.process import Daemon, ServiceError, port_open
+
+
+@dataclass(frozen=True)
+class ServiceStatus:
+    name: str
+    running: bool
+    pid: int | None
+    address: str
+    log_file: Path
+
+
+class SmtpSink:
+    """aiosmtpd on loopback, keeping every message in a Maildir (`{state}/mail`)."""
+
+    name = "smtp"
+
+    def __init__(self, state_dir: Path, host: str, port: int, timeout_s: float) -> None:
+        self.maildir = state_dir / "mail"
+        self.host, self.port, self.timeout_s = host, port, timeout_s
+        self.daemon = Daemon(
+            name="smtp",
+            pid_file=state_dir / "run" / "smtp.pid",
+            log_file=state_dir / "logs" / "smtp.log",
+            marker=str(self.maildir),
+        )
+
+    def up(self) -> None:
+        if self.daemon.pid() is not None:  # started earlier: only check that it answers
+            self.daemon.wait_ready(None, self.is_ready, timeout_s=self.timeout_s)
+            return
+        self.maildir.mkdir(parents=True, exist_ok=True)
+        proc = self.daemon.start(
+            [
+                sys.executable,
+                "-m",
+                "aiosmtpd",
+                "-n",
+                "-l",
+                f"{self.host}:{self.port}",
+                "-c",
+                "aiosmtpd.handlers.Mailbox",
+                str(self.maildir),
+            ]
+        )
+        self.daemon.wait_ready(proc, self.is_ready, timeout_s=self.timeout_s)
+
+    def is_ready(self) -> bool:
+        return port_open(self.host, self.port)
+
+    def down(self) -> bool:
+        return self.daemon.stop(timeout_s=10)
+
+
+class LocalStack:
+    """What `enrollment-pipeline stack up|down|status|env` drives."""
+
+    def __init__(self, stack: StackSettings, pipeline: PipelineSettings) -> None:
+        self.settings, self.pipeline = stack, pipeline
+        state, cache, host = stack.state_dir, stack.cache_dir, stack.host
+        timeout = stack.start_timeout_s
+        self.postgres = Postgres(state, host, stack.postgres_port, timeout)
+        self.mongo = MongoWire(
+            engine=stack.mongo_engine,
+            state_dir=state,
+            cache_dir=cache,
+            ferretdb_version=stack.ferretdb_version,
+            host=host,
+            port=stack.mongo_port,
+            postgres_url=self.postgres.url("ferretdb"),
+            timeout_s=timeout,
+        )
+        self.kafka = Kafka(
+            state_dir=state,
+            cache_dir=cache,
+            version=stack.kafka_version,
+            host=host,
+            port=stack.kafka_port,
+            controller_port=stack.kafka_controller_port,
+            heap=stack.kafka_heap,
+            partitions=pipeline.kafka_topic_partitions,
+            timeout_s=timeout,
+        )
+        self.smtp = SmtpSink(state, host, stack.smtp_port, timeout)
+
+    @property
+    def services(self) -> list:
+        """In start order; FerretDB needs PostgreSQL."""
+        return [self.postgres, self.mongo, self.kafka, self.smtp]
+
+    def install(self) -> None:
+        """Download and build what the services need (cached; a no-op when warm)."""
+        self.kafka.install()
+        self.mongo.install()
+
+    def up(self, report: Callable[[str, float], None] = lambda name, seconds: None) -> None:
+        """Start every service not already running, then create the project's topics."""
+        self.settings.state_dir.mkdir(parents=True, exist_ok=True)
+        for service in self.services:
+            started = time.monotonic()
+            service.up()
+            report(service.name, time.monotonic() - started)
+        started = time.monotonic()
+        self.create_topics()
+        report("topics", time.monotonic() - started)
+
+    def create_topics(self) -> None:
+        from enrollment_pipeline.defs.kafka.resources import KafkaResource, KafkaUnavailableError
+
+        kafka = KafkaResource(bootstrap_servers=self.kafka.bootstrap_servers)
+        try:
+            kafka.ensure_topics(
+                [self.pipeline.enrollment_topic, self.pipeline.lead_topic],
+                partitions=self.pipeline.kafka_topic_partitions,
+            )
+        except KafkaUnavailableError as exc:
+            raise ServiceError(f"kafka: creating topics failed: {exc}") from exc
+
+    def down(self) -> list[str]:
+        """Stop, in reverse order, exactly the processes this stack started."""
+        return [service.name for service in reversed(self.services) if service.down()]
+
+    def status(self) -> list[ServiceStatus]:
+        addresses = {
+            "postgres": self.postgres.url_base,
+            "mongo": self.mongo.uri,
+            "kafka": self.kafka.bootstrap_servers,
+            "smtp": f"{self.smtp.host}:{self.smtp.port}",
+        }
+        result = []
+        for service in self.services:
+            pid = service.daemon.pid()
+            result.append(
+                ServiceStatus(
+                    name=service.daemon.name,
+                    running=pid is not None,
+                    pid=pid,
+                    address=addresses[service.name],
+                    log_file=service.daemon.log_file,
+                )
+            )
+        return result
+
+    def env(self) -> dict[str, str]:
+        """The Contract-6 variables pointing at this stack, for `eval "$(… stack env)"`."""
+        p = self.pipeline
+        values = {
+            "KAFKA_BOOTSTRAP_SERVERS": self.kafka.bootstrap_servers,
+            "KAFKA_SECURITY_PROTOCOL": "PLAINTEXT",
+            "ENROLLMENT_TOPIC": p.enrollment_topic,
+            "LEAD_TOPIC": p.lead_topic,
+            "MONGO_URI": self.mongo.uri,
+            "MONGO_DATABASE": p.mongo_database,
+            "EMAIL_BACKEND": "smtp",
+            "SMTP_HOST": self.smtp.host,
+            "SMTP_PORT": str(self.smtp.port),
+            "SMTP_STARTTLS": "false",
+            "EMAIL_FROM": p.email_from,
+            "AWS_REGION": p.aws_region,
+            "LEAD_API_URL": p.lead_api_url,
+            "ARCHIVE_ROOT": p.archive_root,
+            "ARCHIVE_START_DATE": p.archive_start_date.isoformat(),
+            "FOLLOWUP_MAX_EMAILS": str(p.followup_max_emails),
+            "FOLLOWUP_INTERVAL_MINUTES": str(p.followup_interval_minutes),
+            "FOLLOWUP_MAX_AGE_DAYS": str(p.followup_max_age_days),
+            "DAGSTER_PG_URL": self.postgres.url("dagster"),
+        }
+        if p.aws_endpoint_url:
+            values["AWS_ENDPOINT_URL"] = p.aws_endpoint_url
+        return values

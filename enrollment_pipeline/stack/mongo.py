@@ -1,0 +1,166 @@
+"""The MongoDB wire server: `mongod` when installed, else FerretDB v1 on PostgreSQL."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+from enrollment_pipeline.stack.process import Daemon, ServiceError, port_open, run_checked
+
+FERRETDB_MODULE = "github.com/FerretDB/FerretDB"
+
+
+def choose_engine(engine: str) -> str:
+    """`auto` means mongod when it is on PATH, else FerretDB."""
+    if engine == "auto":
+        return "mongod" if shutil.which("mongod") else "ferretdb"
+    if engine == "mongod" and not shutil.which("mongod"):
+        raise ServiceError("mongo: STACK_MONGO_ENGINE=mongod but `mongod` is not on PATH")
+    return engine
+
+
+class MongoWire:
+    """One MongoDB-protocol server on loopback, its data in `{state}/mongo`."""
+
+    name = "mongo"
+
+    def __init__(
+        self,
+        *,
+        engine: str,
+        state_dir: Path,
+        cache_dir: Path,
+        ferretdb_version: str,
+        host: str,
+        port: int,
+        postgres_url: str,
+        timeout_s: float,
+    ) -> None:
+        self.engine = choose_engine(engine)
+        self.dir = state_dir / "mongo"
+        self.host, self.port, self.timeout_s = host, port, timeout_s
+        self.ferretdb_version = ferretdb_version
+        self.ferretdb_bin = cache_dir / f"ferretdb-{ferretdb_version}" / "ferretdb"
+        self.postgres_url = postgres_url
+        self.daemon = Daemon(
+            name=f"mongo ({self.engine})",
+            pid_file=state_dir / "run" / "mongo.pid",
+            log_file=state_dir / "logs" / "mongo.log",
+            marker=str(self.dir),
+        )
+
+    @property
+    def uri(self) -> str:
+        return f"mongodb://{self.host}:{self.port}/"
+
+    def install(self) -> None:
+        """Build FerretDB from the Go module proxy once per version (mongod needs nothing)."""
+        if self.engine != "ferretdb" or self.ferretdb_bin.exists():
+            return
+        if shutil.which("go") is None:
+            raise ServiceError(
+                "mongo: neither `mongod` nor Go is installed; FerretDB is built with Go"
+            )
+        log = self.daemon.log_file.with_name("ferretdb-build.log")
+        self.ferretdb_bin.parent.mkdir(parents=True, exist_ok=True)
+        env = {
+            **os.environ,
+            "CGO_ENABLED": "0",
+            "GOTOOLCHAIN": "local",
+            "GOFLAGS": "-mod=mod -buildvcs=false",
+        }
+        module = f"{FERRETDB_MODULE}@{self.ferretdb_version}"
+        with tempfile.TemporaryDirectory(dir=self.ferretdb_bin.parent) as work:
+            download = subprocess.run(
+                ["go", "mod", "download", "-json", module],
+                capture_output=True,
+                text=True,
+                check=False,
+                env=env,
+                cwd=work,
+                timeout=900,
+            )
+            if download.returncode != 0:
+                raise ServiceError(
+                    f"mongo: `go mod download {module}` failed: "
+                    f"{(download.stdout + download.stderr)[-2000:]}"
+                )
+            # The module omits build/version/version.txt, which its version package embeds:
+            # build from a writable copy with that file written, or the binary panics at start.
+            source = Path(work) / "src"
+            shutil.copytree(json.loads(download.stdout)["Dir"], source)
+            for path in [source, *source.rglob("*")]:
+                path.chmod(path.stat().st_mode | 0o200)
+            (source / "build" / "version" / "version.txt").write_text(self.ferretdb_version)
+            staged = Path(work) / "ferretdb"
+            run_checked(
+                "ferretdb build",
+                # No SQLite backend: it halves the download and the build's memory.
+                [
+                    "go",
+                    "build",
+                    "-trimpath",
+                    "-ldflags=-s -w",
+                    "-tags=ferretdb_no_sqlite",
+                    "-o",
+                    str(staged),
+                    "./cmd/ferretdb",
+                ],
+                log_file=log,
+                timeout_s=1500,
+                cwd=source,
+                env=env,
+            )
+            staged.rename(self.ferretdb_bin)
+
+    def up(self) -> None:
+        if self.daemon.pid() is not None:  # started earlier: only check that it answers
+            self.daemon.wait_ready(None, self.is_ready, timeout_s=self.timeout_s)
+            return
+        if port_open(self.host, self.port):
+            raise ServiceError(
+                f"mongo: port {self.host}:{self.port} is taken by another process; "
+                "set STACK_MONGO_PORT to a free port"
+            )
+        self.install()
+        self.dir.mkdir(parents=True, exist_ok=True)
+        if self.engine == "mongod":
+            (self.dir / "db").mkdir(exist_ok=True)
+            argv = [
+                "mongod",
+                "--dbpath",
+                str(self.dir / "db"),
+                "--bind_ip",
+                self.host,
+                "--port",
+                str(self.port),
+            ]
+        else:
+            argv = [
+                str(self.ferretdb_bin),
+                f"--listen-addr={self.host}:{self.port}",
+                "--handler=postgresql",
+                f"--postgresql-url={self.postgres_url}",
+                f"--state-dir={self.dir}",
+                "--telemetry=disable",
+                "--debug-addr=-",
+                "--log-level=error",  # WARN logs a full dump of every unsupported endSessions
+            ]
+        proc = self.daemon.start(argv, env={"DO_NOT_TRACK": "1"})
+        self.daemon.wait_ready(proc, self.is_ready, timeout_s=self.timeout_s)
+
+    def is_ready(self) -> bool:
+        if not port_open(self.host, self.port):
+            return False
+        from pymongo import MongoClient
+
+        with MongoClient(self.uri, serverSelectionTimeoutMS=1000) as client:
+            client.admin.command("ping")
+        return True
+
+    def down(self) -> bool:
+        return self.daemon.stop(timeout_s=30)

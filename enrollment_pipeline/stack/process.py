@@ -1,0 +1,204 @@
+"""Start, find and stop the stack's server processes by pid file.
+
+`stack up` must return while the servers keep running, and a later `stack down` (another
+process) must stop exactly what it started. Test-oriented launchers such as mirakuru kill
+their children when the launching interpreter exits, so the stack keeps its own pid files
+and checks `/proc/<pid>/cmdline` before it signals anything, so a recycled pid is never hit.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+
+class ServiceError(RuntimeError):
+    """A service failed to install, start or answer; the message names it and its log."""
+
+
+@dataclass(frozen=True)
+class Daemon:
+    """One server process of the stack: its name, pid file, log file and identity marker."""
+
+    name: str
+    pid_file: Path
+    log_file: Path
+    # A string the process's command line must contain (a path in its state folder):
+    # the check that the pid in the file is still ours.
+    marker: str
+    stop_signal: int = signal.SIGTERM
+
+    def pid(self) -> int | None:
+        """The pid of the running process, or None (stale pid files are removed)."""
+        try:
+            pid = int(self.pid_file.read_text().strip())
+        except (FileNotFoundError, ValueError):
+            return None
+        cmdline = _cmdline(pid)
+        if cmdline and self.marker in cmdline:
+            return pid
+        if cmdline != "":  # gone, or another program now has that pid: the file is stale
+            self.pid_file.unlink(missing_ok=True)
+        return None
+
+    def start(
+        self,
+        argv: Sequence[str],
+        *,
+        env: dict[str, str] | None = None,
+        cwd: Path | None = None,
+        user: str | None = None,
+    ) -> subprocess.Popen:
+        """Start the process detached (own session), output appended to the log file."""
+        self.log_file.parent.mkdir(parents=True, exist_ok=True)
+        self.pid_file.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log_file, "ab") as log:
+            log.write(f"\n--- {time.strftime('%Y-%m-%dT%H:%M:%S')} starting {self.name}\n".encode())
+            log.flush()
+            try:
+                proc = subprocess.Popen(
+                    list(argv),
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    env={**os.environ, **(env or {})},
+                    cwd=cwd,
+                    start_new_session=True,
+                    user=user,
+                )
+            except OSError as exc:
+                raise ServiceError(f"{self.name}: cannot run {argv[0]!r}: {exc}") from exc
+        self.pid_file.write_text(str(proc.pid))
+        return proc
+
+    def wait_ready(
+        self, proc: subprocess.Popen | None, is_ready: Callable[[], bool], *, timeout_s: float
+    ) -> None:
+        """Poll `is_ready` until it holds; fail fast if the process dies, or at the deadline.
+
+        `proc` is the process just started, or None for one started earlier (checked by pid).
+        """
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            exited = proc.poll() is not None if proc is not None else self.pid() is None
+            if exited:
+                self.pid_file.unlink(missing_ok=True)
+                code = f" with code {proc.returncode}" if proc is not None else ""
+                raise ServiceError(
+                    f"{self.name} exited{code} during start-up; "
+                    f"see its log {self.log_file}:\n" + tail(self.log_file)
+                )
+            try:
+                if is_ready():
+                    return
+            except Exception:  # a not-yet-ready server answers with all kinds of errors
+                pass
+            time.sleep(0.25)
+        self.stop(timeout_s=10)
+        raise ServiceError(
+            f"{self.name} did not become ready within {timeout_s:.0f} s; "
+            f"see its log {self.log_file}:\n" + tail(self.log_file)
+        )
+
+    def stop(self, *, timeout_s: float = 60.0) -> bool:
+        """Signal the process, wait for it to exit, SIGKILL at the deadline. True if it ran."""
+        pid = self.pid()
+        if pid is None:
+            return False
+        _signal(pid, self.stop_signal)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline and _alive(pid):
+            time.sleep(0.1)
+        if _alive(pid):
+            _signal(pid, signal.SIGKILL)
+            while _alive(pid):
+                time.sleep(0.05)
+        _reap(pid)
+        self.pid_file.unlink(missing_ok=True)
+        return True
+
+
+def port_open(host: str, port: int, timeout_s: float = 0.5) -> bool:
+    """True when something accepts TCP connections on host:port."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout_s):
+            return True
+    except OSError:
+        return False
+
+
+def tail(path: Path, lines: int = 25) -> str:
+    """The last lines of a log file, for error messages."""
+    try:
+        text = path.read_text(errors="replace").splitlines()
+    except FileNotFoundError:
+        return "(no log written)"
+    return "\n".join("    " + line for line in text[-lines:])
+
+
+def run_checked(
+    name: str, argv: Sequence[str], *, log_file: Path, timeout_s: float = 900, **kwargs
+) -> None:
+    """Run a set-up command (download, build, format) to completion, output to the log."""
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_file, "ab") as log:
+        log.write(f"\n--- {time.strftime('%Y-%m-%dT%H:%M:%S')} {' '.join(argv)}\n".encode())
+        log.flush()
+        try:
+            result = subprocess.run(
+                list(argv),
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                timeout=timeout_s,
+                check=False,
+                **kwargs,
+            )
+        except FileNotFoundError as exc:
+            raise ServiceError(f"{name}: {argv[0]!r} is not installed ({exc})") from exc
+        except subprocess.TimeoutExpired as exc:
+            raise ServiceError(f"{name}: {argv[0]} timed out; see {log_file}") from exc
+    if result.returncode != 0:
+        raise ServiceError(
+            f"{name}: `{' '.join(argv[:3])} …` failed with exit code {result.returncode}; "
+            f"see its log {log_file}:\n" + tail(log_file)
+        )
+
+
+def _cmdline(pid: int) -> str | None:
+    """The command line of `pid`; "" for a zombie or a process in the middle of exec."""
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return None
+    return raw.replace(b"\0", b" ").decode(errors="replace")
+
+
+def _alive(pid: int) -> bool:
+    """Running (a zombie, exited but not reaped by its parent, does not count)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rpartition(")")[2].split()[0] != "Z"
+
+
+def _reap(pid: int) -> None:
+    """Collect the exit status when we are the parent (a long-lived test process)."""
+    try:
+        os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        pass  # started by another `stack up`: init reaps it
+
+
+def _signal(pid: int, sig: int) -> None:
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        pass

@@ -1,0 +1,105 @@
+"""Test harness: one real service stack per test session, isolated topics and databases per test.
+
+By default the session starts its own stack (`LocalStack`) on free loopback ports in a fresh
+state folder, sharing the download/build cache with `enrollment-pipeline stack up`. To run
+against services that already run (your `stack up`, or a cluster), set both
+`TEST_KAFKA_BOOTSTRAP_SERVERS` and `TEST_MONGO_URI` (and `TEST_DAGSTER_PG_URL` for the
+PostgreSQL-backed Dagster test). A service that cannot start fails the tests that need it.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import port_for
+import pytest
+
+from enrollment_pipeline.defs.kafka.resources import KafkaResource
+from enrollment_pipeline.defs.mongo.resources import MongoResource
+from enrollment_pipeline.settings import PipelineSettings, StackSettings
+from enrollment_pipeline.stack.local import LocalStack
+
+
+@dataclass(frozen=True)
+class Services:
+    kafka_bootstrap_servers: str
+    mongo_uri: str
+    dagster_pg_url: str | None
+
+
+def free_ports(count: int) -> list[int]:
+    ports: set[int] = set()
+    while len(ports) < count:
+        ports.add(port_for.select_random())
+    return sorted(ports)
+
+
+def private_stack_settings(state_dir: Path) -> StackSettings:
+    """A stack on free ports in `state_dir`, with the shared (warm) download cache."""
+    kafka, controller, mongo, postgres, smtp = free_ports(5)
+    return StackSettings(
+        state_dir=state_dir,
+        kafka_port=kafka,
+        kafka_controller_port=controller,
+        mongo_port=mongo,
+        postgres_port=postgres,
+        smtp_port=smtp,
+        kafka_heap="512m",
+    )
+
+
+def make_state_dir(prefix: str) -> Path:
+    # Under /tmp and world-traversable: as root, PostgreSQL runs as `postgres` and must enter it.
+    path = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
+    path.chmod(0o755)
+    return path
+
+
+@pytest.fixture(scope="session")
+def services() -> Iterator[Services]:
+    given_kafka = os.environ.get("TEST_KAFKA_BOOTSTRAP_SERVERS")
+    given_mongo = os.environ.get("TEST_MONGO_URI")
+    if given_kafka and given_mongo:
+        yield Services(given_kafka, given_mongo, os.environ.get("TEST_DAGSTER_PG_URL"))
+        return
+    state_dir = make_state_dir("enrollment-test-stack-")
+    stack = LocalStack(private_stack_settings(state_dir), PipelineSettings())
+    try:
+        stack.up()  # raises ServiceError naming the service and its log: every test errors
+        yield Services(
+            stack.kafka.bootstrap_servers, stack.mongo.uri, stack.postgres.url("dagster")
+        )
+    finally:
+        stack.down()
+        if not os.environ.get("TEST_KEEP_STACK"):
+            shutil.rmtree(state_dir, ignore_errors=True)
+
+
+@pytest.fixture
+def kafka(services: Services) -> KafkaResource:
+    return KafkaResource(bootstrap_servers=services.kafka_bootstrap_servers)
+
+
+@pytest.fixture
+def topic(kafka: KafkaResource) -> Iterator[str]:
+    """A fresh 3-partition topic for this test, deleted afterwards."""
+    name = f"test-{uuid.uuid4().hex[:12]}"
+    kafka.ensure_topics([name], partitions=3)
+    yield name
+    kafka.delete_topics([name])
+
+
+@pytest.fixture
+def mongo(services: Services) -> Iterator[MongoResource]:
+    """A fresh database for this test (indexes created), dropped afterwards."""
+    resource = MongoResource(uri=services.mongo_uri, database=f"test_{uuid.uuid4().hex[:12]}")
+    resource.ensure_indexes()
+    yield resource
+    resource.client().drop_database(resource.database)
+    resource.client().close()

@@ -1,0 +1,90 @@
+"""The archive reader on a folder and on S3 (moto's server)."""
+
+from __future__ import annotations
+
+import gzip
+from collections.abc import Iterator
+from datetime import date
+
+import boto3
+import pytest
+from moto.server import ThreadedMotoServer
+
+from enrollment_pipeline.defs.archive.resources import ArchiveResource, ArchiveTailError
+from enrollment_pipeline_tests.conftest import free_ports
+
+pytestmark = pytest.mark.integration
+
+DAY = date(2024, 3, 5)
+PLAIN = b'{"event_id": "a"}\n\n{"event_id": "b"}\n'
+GZIPPED = gzip.compress(b'{"event_id": "c"}\n{"event_id": "d"}\n')
+MANY = [f'{{"event_id": "e{i}"}}'.encode() for i in range(5000)]
+# A gzip cut short: its tail (and CRC trailer) is missing.
+TRUNCATED = gzip.compress(b"\n".join(MANY) + b"\n")[:-200]
+
+
+@pytest.fixture(scope="module")
+def s3_endpoint() -> Iterator[str]:
+    (port,) = free_ports(1)
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    yield f"http://127.0.0.1:{port}"
+    server.stop()
+
+
+@pytest.fixture
+def s3_archive(s3_endpoint, monkeypatch) -> ArchiveResource:
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    s3 = boto3.client("s3", region_name="us-east-1", endpoint_url=s3_endpoint)
+    s3.create_bucket(Bucket="history")
+    s3.put_object(Bucket="history", Key="enrollment/2024-03-05.jsonl", Body=PLAIN)
+    s3.put_object(Bucket="history", Key="enrollment/2024-03-05.jsonl.gz", Body=GZIPPED)
+    s3.put_object(Bucket="history", Key="enrollment/2024-03-06.jsonl.gz", Body=TRUNCATED)
+    return ArchiveResource(
+        root="s3://history/enrollment", region_name="us-east-1", endpoint_url=s3_endpoint
+    )
+
+
+def _read_all(archive: ArchiveResource, day: date) -> list[tuple[str, int, bytes]]:
+    return [
+        (ln.file, ln.line, ln.raw) for f in archive.files_for_day(day) for ln in archive.lines(f)
+    ]
+
+
+def test_s3_day_reads_both_files_with_line_numbers(s3_archive: ArchiveResource):
+    assert s3_archive.files_for_day(DAY) == ["2024-03-05.jsonl", "2024-03-05.jsonl.gz"]
+    assert _read_all(s3_archive, DAY) == [
+        ("2024-03-05.jsonl", 1, b'{"event_id": "a"}'),
+        ("2024-03-05.jsonl", 3, b'{"event_id": "b"}'),
+        ("2024-03-05.jsonl.gz", 1, b'{"event_id": "c"}'),
+        ("2024-03-05.jsonl.gz", 2, b'{"event_id": "d"}'),
+    ]
+
+
+def test_s3_day_without_file_is_empty(s3_archive: ArchiveResource):
+    assert s3_archive.files_for_day(date(2024, 3, 7)) == []
+
+
+def test_corrupt_gzip_tail_raises_after_the_good_lines(s3_archive: ArchiveResource):
+    seen = []
+    with pytest.raises(ArchiveTailError) as caught:
+        for line in s3_archive.lines("2024-03-06.jsonl.gz"):
+            seen.append(line.raw)
+    assert caught.value.file == "2024-03-06.jsonl.gz"
+    assert 0 < len(seen) < len(MANY)
+    assert seen == MANY[: len(seen)]
+    assert caught.value.line == len(seen) + 1
+
+
+def test_folder_archive(tmp_path):
+    (tmp_path / "2024-03-05.jsonl").write_bytes(PLAIN)
+    (tmp_path / "2024-03-05.jsonl.gz").write_bytes(GZIPPED)
+    archive = ArchiveResource(root=str(tmp_path))
+    assert [raw for _, _, raw in _read_all(archive, DAY)] == [
+        b'{"event_id": "a"}',
+        b'{"event_id": "b"}',
+        b'{"event_id": "c"}',
+        b'{"event_id": "d"}',
+    ]
+    assert archive.files_for_day(date(2024, 3, 6)) == []

@@ -1,0 +1,110 @@
+"""Email senders against a real SMTP server (aiosmtpd) and SES on moto's server."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import boto3
+import pytest
+from aiosmtpd.controller import Controller
+from moto.server import ThreadedMotoServer
+
+from enrollment_pipeline.defs.email.resources import (
+    OutgoingEmail,
+    PermanentEmailError,
+    SesEmailSender,
+    SmtpEmailSender,
+    TransientEmailError,
+)
+from enrollment_pipeline_tests.conftest import free_ports
+
+pytestmark = pytest.mark.integration
+
+
+class Inbox:
+    """An SMTP handler that keeps messages and refuses addresses at invalid.example."""
+
+    def __init__(self) -> None:
+        self.messages: list[tuple[str, list[str], bytes]] = []
+
+    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
+        if address.endswith("@invalid.example"):
+            return "550 5.1.1 mailbox unavailable"
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+    async def handle_DATA(self, server, session, envelope):
+        self.messages.append((envelope.mail_from, list(envelope.rcpt_tos), envelope.content))
+        return "250 Message accepted for delivery"
+
+
+@pytest.fixture
+def smtp_server() -> Iterator[tuple[Inbox, int]]:
+    inbox = Inbox()
+    (port,) = free_ports(1)
+    controller = Controller(inbox, hostname="127.0.0.1", port=port)
+    controller.start()
+    yield inbox, port
+    controller.stop()
+
+
+@pytest.fixture(scope="module")
+def moto_endpoint() -> Iterator[str]:
+    (port,) = free_ports(1)
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    yield f"http://127.0.0.1:{port}"
+    server.stop()
+
+
+@pytest.fixture
+def aws_credentials(monkeypatch):
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+
+
+def test_smtp_email_is_received(smtp_server):
+    inbox, port = smtp_server
+    sender = SmtpEmailSender(host="127.0.0.1", port=port, sender="followups@example.com")
+    sender.send(OutgoingEmail("broker@example.com", "Signature needed: APP-1", "Please sign."))
+    assert len(inbox.messages) == 1
+    mail_from, rcpt, content = inbox.messages[0]
+    assert (mail_from, rcpt) == ("followups@example.com", ["broker@example.com"])
+    assert b"Subject: Signature needed: APP-1" in content
+    assert b"Please sign." in content
+
+
+def test_smtp_rejected_recipient_is_permanent(smtp_server):
+    inbox, port = smtp_server
+    sender = SmtpEmailSender(host="127.0.0.1", port=port, sender="followups@example.com")
+    with pytest.raises(PermanentEmailError):
+        sender.send(OutgoingEmail("nobody@invalid.example", "s", "b"))
+    assert inbox.messages == []
+
+
+def test_smtp_server_down_is_transient():
+    (port,) = free_ports(1)
+    sender = SmtpEmailSender(host="127.0.0.1", port=port, sender="f@example.com", timeout_s=2)
+    with pytest.raises(TransientEmailError, match="SMTP_HOST"):
+        sender.send(OutgoingEmail("broker@example.com", "s", "b"))
+
+
+def test_ses_email_is_accepted_by_moto(moto_endpoint, aws_credentials):
+    ses = boto3.client("sesv2", region_name="us-east-1", endpoint_url=moto_endpoint)
+    ses.create_email_identity(EmailIdentity="followups@example.com")
+    quota = boto3.client("ses", region_name="us-east-1", endpoint_url=moto_endpoint)
+    before = quota.get_send_quota()["SentLast24Hours"]
+    sender = SesEmailSender(
+        sender="followups@example.com", region_name="us-east-1", endpoint_url=moto_endpoint
+    )
+    message_id = sender.send(OutgoingEmail("broker@example.com", "Signature needed", "Sign."))
+    assert message_id
+    assert quota.get_send_quota()["SentLast24Hours"] == before + 1
+
+
+def test_ses_unverified_sender_is_rejected_permanently(moto_endpoint, aws_credentials):
+    sender = SesEmailSender(
+        sender="unverified@example.org", region_name="us-east-1", endpoint_url=moto_endpoint
+    )
+    with pytest.raises(PermanentEmailError, match="MessageRejected"):
+        sender.send(OutgoingEmail("broker@example.com", "s", "b"))

@@ -1,0 +1,75 @@
+"""`stack up|down|status|env` on a private stack: idempotent up, clean down, data kept."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import uuid
+from pathlib import Path
+
+import pytest
+
+from enrollment_pipeline.defs.kafka.resources import KafkaResource
+from enrollment_pipeline.defs.mongo.resources import MongoResource
+from enrollment_pipeline.settings import PipelineSettings
+from enrollment_pipeline.stack.local import LocalStack
+from enrollment_pipeline.stack.process import ServiceError
+from enrollment_pipeline_tests.conftest import make_state_dir, private_stack_settings
+
+pytestmark = pytest.mark.integration
+
+
+def _alive(pid: int) -> bool:
+    return Path(f"/proc/{pid}").exists()
+
+
+def test_up_twice_down_then_up_keeps_the_data():
+    state_dir = make_state_dir("enrollment-stack-test-")
+    stack = LocalStack(private_stack_settings(state_dir), PipelineSettings())
+    try:
+        stack.up()
+        first = {s.name: s.pid for s in stack.status()}
+        assert all(first.values()), first
+
+        stack.up()  # harmless: nothing restarted
+        assert {s.name: s.pid for s in stack.status()} == first
+
+        env = stack.env()
+        assert env["KAFKA_BOOTSTRAP_SERVERS"] == stack.kafka.bootstrap_servers
+        assert env["MONGO_URI"] == stack.mongo.uri
+
+        marker = uuid.uuid4().hex
+        mongo = MongoResource(uri=env["MONGO_URI"], database="stack_test")
+        mongo.db()["kept"].insert_one({"_id": marker})
+        mongo.client().close()
+        kafka = KafkaResource(bootstrap_servers=env["KAFKA_BOOTSTRAP_SERVERS"])
+        kafka.produce_batch(env["ENROLLMENT_TOPIC"], [(b"APP-1", marker.encode())])
+
+        assert sorted(stack.down()) == ["kafka", "mongo", "postgres", "smtp"]
+        assert not any(_alive(pid) for pid in first.values())
+        assert not any(s.running for s in stack.status())
+        assert stack.down() == []
+
+        stack.up()
+        mongo = MongoResource(uri=env["MONGO_URI"], database="stack_test")
+        assert mongo.db()["kept"].find_one({"_id": marker}) == {"_id": marker}
+        mongo.client().close()
+        ends = kafka.end_offsets(env["ENROLLMENT_TOPIC"])
+        records = kafka.read_range(env["ENROLLMENT_TOPIC"], {p: (0, e) for p, e in ends.items()})
+        assert [r.value for r in records] == [marker.encode()]
+        assert kafka.partitions(env["ENROLLMENT_TOPIC"]) == list(range(6))
+    finally:
+        stack.down()
+        shutil.rmtree(state_dir, ignore_errors=True)
+
+
+def test_a_taken_port_is_a_clear_error_naming_the_setting(tmp_path):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        settings = private_stack_settings(tmp_path).model_copy(
+            update={"kafka_port": taken.getsockname()[1]}
+        )
+        stack = LocalStack(settings, PipelineSettings())
+        with pytest.raises(ServiceError, match=r"kafka: port .* STACK_KAFKA_PORT"):
+            stack.kafka.up()

@@ -1,0 +1,47 @@
+"""The code location loads, with the resources the environment asks for."""
+
+from __future__ import annotations
+
+import dagster as dg
+
+from enrollment_pipeline.definitions import defs
+from enrollment_pipeline.defs.email.resources import SesEmailSender, SmtpEmailSender
+from enrollment_pipeline.defs.resources import build_resources
+from enrollment_pipeline.settings import PipelineSettings
+
+
+def test_definitions_load_with_every_resource():
+    loaded = defs()
+    assert isinstance(loaded, dg.Definitions)
+    assert set(loaded.resources or {}) >= {"kafka", "mongo", "email", "archive", "crm"}
+
+
+def test_environment_configures_the_resources(monkeypatch):
+    monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", "kafka-1:9092,kafka-2:9092")
+    monkeypatch.setenv("MONGO_DATABASE", "enrollment_prod")
+    monkeypatch.setenv("SMTP_PORT", "2525")
+    resources = build_resources(PipelineSettings())
+    assert resources["kafka"].bootstrap_servers == "kafka-1:9092,kafka-2:9092"
+    assert resources["mongo"].database == "enrollment_prod"
+    assert isinstance(resources["email"], SmtpEmailSender)
+    assert resources["email"].port == 2525
+
+
+def test_ses_backend_is_chosen_by_email_backend(monkeypatch):
+    monkeypatch.setenv("EMAIL_BACKEND", "ses")
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:5000")
+    email = build_resources(PipelineSettings())["email"]
+    assert isinstance(email, SesEmailSender)
+    assert email.endpoint_url == "http://127.0.0.1:5000"
+
+
+def test_secrets_are_environment_references_not_values(monkeypatch):
+    monkeypatch.setenv("SMTP_PASSWORD", "hunter2")
+    monkeypatch.setenv("LEAD_API_TOKEN", "tok-123")
+    monkeypatch.setenv("MONGO_URI", "mongodb://app:pw@db:27017/")
+    resources = build_resources(PipelineSettings())
+    assert resources["email"].password == dg.EnvVar("SMTP_PASSWORD")
+    assert resources["crm"].token == dg.EnvVar("LEAD_API_TOKEN")
+    assert resources["mongo"].uri == dg.EnvVar("MONGO_URI")
+    rendered = repr(resources)
+    assert "hunter2" not in rendered and "tok-123" not in rendered and "pw@" not in rendered
