@@ -98,5 +98,188 @@ def stack_install() -> None:
         sys.exit(1)
 
 
+def _pipeline():
+    """The Kafka resource and the store, from the Contract-6 environment."""
+    from enrollment_pipeline.defs.kafka.resources import KafkaResource
+    from enrollment_pipeline.defs.mongo.resources import MongoResource
+    from enrollment_pipeline.defs.mongo.store import EnrollmentStore
+
+    settings = PipelineSettings()
+    kafka = KafkaResource(
+        bootstrap_servers=settings.kafka_bootstrap_servers,
+        security_protocol=settings.kafka_security_protocol,
+        sasl_mechanism=settings.kafka_sasl_mechanism,
+        sasl_username=settings.kafka_sasl_username,
+        sasl_password=settings.kafka_sasl_password.get_secret_value()
+        if settings.kafka_sasl_password
+        else None,
+        ssl_cafile=settings.kafka_ssl_cafile,
+    )
+    mongo = MongoResource(uri=settings.mongo_uri, database=settings.mongo_database)
+    mongo.ensure_indexes()
+    return settings, kafka, EnrollmentStore(mongo.db())
+
+
+def _in_flight_ingestion() -> list[str]:
+    """Run ids of ingestion runs not finished, from the Dagster instance ($DAGSTER_HOME)."""
+    import os
+
+    import dagster as dg
+
+    from enrollment_pipeline.defs.ingestion.sensors import IN_FLIGHT
+
+    if not os.environ.get("DAGSTER_HOME"):
+        raise click.ClickException(
+            "set DAGSTER_HOME to the instance the pipeline runs in, so runs in flight can be "
+            "checked (or pass --force when no Dagster process runs)"
+        )
+    with dg.DagsterInstance.get() as instance:
+        runs = instance.get_runs(
+            dg.RunsFilter(job_name="ingest_enrollment_events", statuses=IN_FLIGHT)
+        )
+        return [run.run_id for run in runs]
+
+
+@main.group()
+def offsets() -> None:
+    """Committed offsets, end offsets and lag per consumer group; reset for a replay."""
+
+
+@offsets.command("show")
+def offsets_show() -> None:
+    """Committed (Mongo, authoritative), the Kafka copy, end and lag per group and partition."""
+    from enrollment_pipeline.defs.ingestion.operations import offset_rows
+
+    settings, kafka, store = _pipeline()
+    table = Table("group", "topic", "partition", "committed", "in kafka", "end", "lag")
+    for row in offset_rows(
+        kafka, store, enrollment_topic=settings.enrollment_topic, lead_topic=settings.lead_topic
+    ):
+        table.add_row(
+            row.group,
+            row.topic,
+            str(row.partition),
+            "-" if row.committed is None else str(row.committed),
+            "-" if row.kafka_committed is None else str(row.kafka_committed),
+            str(row.end),
+            str(row.lag),
+        )
+    Console().print(table)
+
+
+@offsets.command("reset")
+@click.option("--to-offset", type=int, help="Restart every chosen partition at this offset.")
+@click.option("--to-time", type=click.DateTime(), help="Restart at the first event at/after.")
+@click.option("--partition", "partitions", type=int, multiple=True, help="Only these.")
+@click.option("--force", is_flag=True, help="Skip the check for runs in flight.")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+def offsets_reset(to_offset, to_time, partitions, force, yes) -> None:
+    """Move the enrollment consumer groups, so the sensor replays from there.
+
+    Replays are safe: events already stored are no-ops and leads are not published twice.
+    Refused while an ingestion run is in flight.
+    """
+    from datetime import UTC
+
+    from enrollment_pipeline.defs.ingestion.operations import reset_offsets, reset_targets
+
+    if (to_offset is None) == (to_time is None):
+        raise click.UsageError("give exactly one of --to-offset and --to-time")
+    if not force:
+        running = _in_flight_ingestion()
+        if running:
+            raise click.ClickException(f"ingestion runs in flight: {', '.join(running)}")
+    settings, kafka, store = _pipeline()
+    when = to_time.replace(tzinfo=to_time.tzinfo or UTC) if to_time else None
+    targets = reset_targets(
+        kafka,
+        settings.enrollment_topic,
+        to_offset=to_offset,
+        to_time=when,
+        partitions=list(partitions) or None,
+    )
+    click.echo(f"new offsets for {settings.enrollment_topic}: {targets}")
+    if not yes:
+        click.confirm("Apply?", abort=True)
+    reset_offsets(kafka, store, settings.enrollment_topic, targets)
+    click.echo("done; the sensor will replay from there")
+
+
+@main.group("dead-letters")
+def dead_letters() -> None:
+    """Rejected input: browse by reason and time, show one, re-drive after a fix."""
+
+
+@dead_letters.command("list")
+@click.option("--reason", help="Only this reason code.")
+@click.option("--since", type=click.DateTime(), help="Last seen at or after.")
+@click.option("--all", "include_all", is_flag=True, help="Include re-driven letters.")
+@click.option("--limit", type=int, default=50, show_default=True)
+def dead_letters_list(reason, since, include_all, limit) -> None:
+    from datetime import UTC
+
+    from enrollment_pipeline.defs.ingestion.operations import list_dead_letters
+
+    _, _, store = _pipeline()
+    rows = list_dead_letters(
+        store,
+        reason=reason,
+        since=since.replace(tzinfo=since.tzinfo or UTC) if since else None,
+        status=None if include_all else "OPEN",
+        limit=limit,
+    )
+    table = Table("id", "reason", "status", "last seen", "detail")
+    for row in rows:
+        table.add_row(
+            row["_id"],
+            row["reason"],
+            row.get("status", ""),
+            f"{row['last_seen_at']:%Y-%m-%d %H:%M:%S}",
+            row.get("detail", "")[:80],
+        )
+    Console().print(table)
+
+
+@dead_letters.command("show")
+@click.argument("letter_id")
+def dead_letters_show(letter_id) -> None:
+    import base64
+    import json
+
+    _, _, store = _pipeline()
+    from enrollment_pipeline.defs.mongo.resources import DEAD_LETTERS
+
+    letter = store.db[DEAD_LETTERS].find_one({"_id": letter_id})
+    if letter is None:
+        raise click.ClickException(f"no dead letter {letter_id!r}")
+    raw = base64.b64decode(letter["raw_base64"]) if letter.get("raw_base64") else b""
+    letter["raw"] = raw.decode("utf-8", "replace")
+    click.echo(json.dumps(letter, indent=2, default=str))
+
+
+@dead_letters.command("redrive")
+@click.argument("letter_ids", nargs=-1)
+@click.option("--reason", help="Re-drive every open letter with this reason.")
+def dead_letters_redrive(letter_ids, reason) -> None:
+    """Parse the kept input again and apply what is valid now (leads are published)."""
+    from enrollment_pipeline.defs.ingestion.operations import list_dead_letters, redrive
+
+    settings, kafka, store = _pipeline()
+    ids = list(letter_ids)
+    if reason:
+        ids += [d["_id"] for d in list_dead_letters(store, reason=reason, limit=100_000)]
+    if not ids:
+        raise click.UsageError("name dead letters or give --reason")
+    result = redrive(
+        store,
+        ids,
+        publish_leads=lambda messages: kafka.produce_batch(settings.lead_topic, messages),
+        max_record_bytes=settings.ingest_max_record_bytes,
+    )
+    click.echo(f"re-driven: {len(result.redriven)}; still rejected: {len(result.still_rejected)}")
+    for letter_id, why in result.still_rejected.items():
+        click.echo(f"  {letter_id}: {why}")
+
+
 if __name__ == "__main__":
     main()

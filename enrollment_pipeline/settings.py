@@ -60,6 +60,13 @@ class PipelineSettings(BaseSettings):
     archive_root: str = "./archive"
     archive_start_date: date = date(2024, 1, 1)
 
+    # Ingestion micro-batches (DESIGN "Delivery semantics").
+    ingest_max_events_per_run: int = Field(default=50_000, ge=1)
+    ingest_max_record_bytes: int = Field(default=1_000_000, ge=1)
+    ingest_max_range_attempts: int = Field(default=3, ge=1)
+    ingest_max_dead_letter_rate: float = Field(default=0.05, ge=0, le=1)
+    ingest_max_consumer_lag: int = Field(default=100_000, ge=0)
+
     followup_max_emails: int = Field(default=5, ge=1)
     followup_interval_minutes: int = Field(default=60, ge=1)
     followup_max_age_days: int = Field(default=30, ge=1)

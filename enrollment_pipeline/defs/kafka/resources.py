@@ -18,7 +18,7 @@ import dagster as dg
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.errors import KafkaError, RetriableError, TopicAlreadyExistsError
 from kafka.structs import OffsetAndMetadata
-from pydantic import Field
+from pydantic import Field, PrivateAttr
 from tenacity import retry, retry_if_exception_type, stop_after_delay, wait_fixed
 
 # Group coordinators answer "not available" until `__consumer_offsets` exists (it is created
@@ -66,6 +66,23 @@ class KafkaResource(dg.ConfigurableResource):
     bootstrap_timeout_ms: int = 10_000
     max_block_ms: int = 10_000
 
+    # Clients are made on first use and kept for the run (connections and metadata are
+    # costly to set up); `close()` or the end of the run closes them.
+    _admin_client: KafkaAdminClient | None = PrivateAttr(default=None)
+    _metadata_consumer: KafkaConsumer | None = PrivateAttr(default=None)
+    _producer: KafkaProducer | None = PrivateAttr(default=None)
+
+    def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
+        self.close()
+
+    def close(self) -> None:
+        for client in (self._admin_client, self._metadata_consumer):
+            if client is not None:
+                client.close()
+        if self._producer is not None:
+            self._producer.close(timeout=5)
+        self._admin_client = self._metadata_consumer = self._producer = None
+
     def _common(self) -> dict[str, Any]:
         config: dict[str, Any] = {
             "bootstrap_servers": self.bootstrap_servers.split(","),
@@ -92,15 +109,19 @@ class KafkaResource(dg.ConfigurableResource):
 
     @contextmanager
     def admin(self):
-        """A short-lived admin client."""
-        try:
-            client = KafkaAdminClient(**self._common())
-        except (KafkaError, OSError) as exc:
-            raise self._unavailable(exc) from exc
-        try:
-            yield client
-        finally:
-            client.close()
+        """The admin client (kept for the run)."""
+        if self._admin_client is None:
+            try:
+                self._admin_client = KafkaAdminClient(**self._common())
+            except (KafkaError, OSError) as exc:
+                raise self._unavailable(exc) from exc
+        yield self._admin_client
+
+    def _metadata(self) -> KafkaConsumer:
+        """A consumer without assignment, for partitions and offsets (kept for the run)."""
+        if self._metadata_consumer is None:
+            self._metadata_consumer = self._consumer()
+        return self._metadata_consumer
 
     def _consumer(self) -> KafkaConsumer:
         try:
@@ -134,11 +155,7 @@ class KafkaResource(dg.ConfigurableResource):
             admin.delete_topics(list(topics))
 
     def partitions(self, topic: str) -> list[int]:
-        consumer = self._consumer()
-        try:
-            found = consumer.partitions_for_topic(topic)
-        finally:
-            consumer.close()
+        found = self._metadata().partitions_for_topic(topic)
         if not found:
             raise KafkaUnavailableError(
                 f"topic {topic!r} does not exist on {self.bootstrap_servers}; "
@@ -148,17 +165,16 @@ class KafkaResource(dg.ConfigurableResource):
 
     def end_offsets(self, topic: str) -> dict[int, int]:
         """The next offset to be written, per partition (no group join)."""
-        consumer = self._consumer()
-        try:
-            found = consumer.partitions_for_topic(topic) or set()
-            if not found:
-                raise KafkaUnavailableError(
-                    f"topic {topic!r} not found on {self.bootstrap_servers}"
-                )
-            tps = [TopicPartition(topic, p) for p in found]
-            return {tp.partition: off for tp, off in consumer.end_offsets(tps).items()}
-        finally:
-            consumer.close()
+        tps = [TopicPartition(topic, p) for p in self.partitions(topic)]
+        return {tp.partition: off for tp, off in self._metadata().end_offsets(tps).items()}
+
+    def offsets_at(self, topic: str, when_ms: int, partitions: Sequence[int]) -> dict[int, int]:
+        """The first offset at or after a timestamp per partition (the end when none)."""
+        consumer = self._metadata()
+        tps = [TopicPartition(topic, p) for p in partitions]
+        found = consumer.offsets_for_times({tp: when_ms for tp in tps})
+        ends = consumer.end_offsets(tps)
+        return {tp.partition: at.offset if at is not None else ends[tp] for tp, at in found.items()}
 
     def read_range(
         self, topic: str, ranges: Mapping[int, tuple[int, int]], *, timeout_s: float = 60.0
@@ -212,24 +228,23 @@ class KafkaResource(dg.ConfigurableResource):
         """Send (key, value) pairs with acks=all, one flush, every future checked."""
         if not messages:
             return 0
-        try:
-            producer = KafkaProducer(
-                **self._common(),
-                acks="all",
-                linger_ms=5,
-                max_block_ms=self.max_block_ms,
-                retries=5,
-            )
-        except (KafkaError, OSError) as exc:
-            raise self._unavailable(exc) from exc
-        try:
-            futures = [producer.send(topic, key=key, value=value) for key, value in messages]
-            producer.flush(timeout=self.request_timeout_ms / 1000 * 2)
-            for future in futures:
-                future.get(timeout=self.request_timeout_ms / 1000)  # raises the send's error
-            return len(futures)
-        finally:
-            producer.close(timeout=5)
+        if self._producer is None:
+            try:
+                self._producer = KafkaProducer(
+                    **self._common(),
+                    acks="all",
+                    linger_ms=5,
+                    max_block_ms=self.max_block_ms,
+                    retries=5,
+                )
+            except (KafkaError, OSError) as exc:
+                raise self._unavailable(exc) from exc
+        producer = self._producer
+        futures = [producer.send(topic, key=key, value=value) for key, value in messages]
+        producer.flush(timeout=self.request_timeout_ms / 1000 * 2)
+        for future in futures:
+            future.get(timeout=self.request_timeout_ms / 1000)  # raises the send's error
+        return len(futures)
 
     @_retry_coordinator
     def commit_group_offsets(self, group: str, topic: str, offsets: Mapping[int, int]) -> None:

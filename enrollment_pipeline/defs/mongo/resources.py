@@ -50,6 +50,10 @@ INDEXES: dict[str, list[IndexModel]] = {
 }
 
 
+# (uri, database) pairs whose indexes this process has made sure of: once is enough.
+_INDEXED: set[tuple[str, str]] = set()
+
+
 class MongoUnavailableError(RuntimeError):
     """The server did not answer; the message names the setting to check."""
 
@@ -67,8 +71,9 @@ class MongoResource(dg.ConfigurableResource):
     def setup_for_execution(self, context: dg.InitResourceContext) -> None:
         """Fail the run at start when the server is unreachable; make sure indexes exist."""
         self.ping()
-        if self.create_indexes:
+        if self.create_indexes and (self.uri, self.database) not in _INDEXED:
             self.ensure_indexes()
+            _INDEXED.add((self.uri, self.database))
 
     def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
         if self._client is not None:

@@ -1,0 +1,109 @@
+"""The datasets ingestion writes, and the health checks a user sees next to them.
+
+They are written by several jobs (ingestion, backfill, rebuild), so they are declared once
+as asset specs and each job reports its materializations with the batch's numbers.
+"""
+
+from datetime import UTC, datetime, timedelta
+
+import dagster as dg
+
+from enrollment_pipeline.defs.ingestion.ranges import lag
+from enrollment_pipeline.defs.kafka.resources import KafkaResource
+from enrollment_pipeline.defs.mongo.resources import DEAD_LETTERS, ENROLLMENT_EVENTS, MongoResource
+from enrollment_pipeline.defs.mongo.store import EnrollmentStore
+from enrollment_pipeline.settings import READ_MODEL_GROUP, PipelineSettings
+
+GROUP = "enrollment"
+APPLICATIONS = dg.AssetKey("applications")
+BROKER_FOLLOWUPS = dg.AssetKey("broker_followups")
+DEAD_LETTERS_ASSET = dg.AssetKey("dead_letters")
+LEAD_EVENTS = dg.AssetKey("lead_integration_events")
+
+DEAD_LETTER_RATE_CHECK = dg.AssetCheckKey(DEAD_LETTERS_ASSET, "dead_letter_rate")
+CONSUMER_LAG_CHECK = dg.AssetCheckKey(APPLICATIONS, "consumer_lag")
+
+datasets = [
+    dg.AssetSpec(
+        APPLICATIONS,
+        group_name=GROUP,
+        kinds={"mongodb"},
+        description="Read model: one document per application, the fold of its events.",
+    ),
+    dg.AssetSpec(
+        BROKER_FOLLOWUPS,
+        group_name=GROUP,
+        kinds={"mongodb"},
+        description="Applications whose broker has not signed yet (the follow-up queue).",
+    ),
+    dg.AssetSpec(
+        DEAD_LETTERS_ASSET,
+        group_name=GROUP,
+        kinds={"mongodb"},
+        description="Rejected input, kept whole with its position and reason.",
+    ),
+    dg.AssetSpec(
+        LEAD_EVENTS,
+        group_name=GROUP,
+        kinds={"kafka"},
+        description="Lead-integration events for consenting applicants (Contract 4).",
+    ),
+]
+
+
+@dg.asset_check(asset=DEAD_LETTERS_ASSET, name="dead_letter_rate")
+def dead_letter_rate(mongo: MongoResource) -> dg.AssetCheckResult:
+    """Share of the last hour's input that was dead-lettered (INGEST_MAX_DEAD_LETTER_RATE)."""
+    since = datetime.now(UTC) - timedelta(hours=1)
+    db = mongo.db()
+    rejected = db[DEAD_LETTERS].count_documents({"first_seen_at": {"$gte": since}})
+    stored = db[ENROLLMENT_EVENTS].count_documents({"stored_at": {"$gte": since}})
+    return rate_result(rejected, rejected + stored, PipelineSettings().ingest_max_dead_letter_rate)
+
+
+@dg.asset_check(asset=APPLICATIONS, name="consumer_lag")
+def consumer_lag(kafka: KafkaResource, mongo: MongoResource) -> dg.AssetCheckResult:
+    """Events on the topic not yet applied (INGEST_MAX_CONSUMER_LAG)."""
+    settings = PipelineSettings()
+    committed = EnrollmentStore(mongo.db()).committed_offsets(
+        READ_MODEL_GROUP, settings.enrollment_topic
+    )
+    left = lag(committed, kafka.end_offsets(settings.enrollment_topic))
+    return lag_result(left, settings.ingest_max_consumer_lag)
+
+
+def rate_result(rejected: int, total: int, threshold: float) -> dg.AssetCheckResult:
+    rate = rejected / total if total else 0.0
+    return dg.AssetCheckResult(
+        check_name=DEAD_LETTER_RATE_CHECK.name,
+        asset_key=DEAD_LETTERS_ASSET,
+        passed=rate <= threshold,
+        severity=dg.AssetCheckSeverity.WARN,
+        metadata={
+            "rate": rate,
+            "dead_lettered": rejected,
+            "records": total,
+            "threshold": threshold,
+        },
+    )
+
+
+def lag_result(left: int, threshold: int) -> dg.AssetCheckResult:
+    return dg.AssetCheckResult(
+        check_name=CONSUMER_LAG_CHECK.name,
+        asset_key=APPLICATIONS,
+        passed=left <= threshold,
+        severity=dg.AssetCheckSeverity.WARN,
+        metadata={"lag": left, "threshold": threshold},
+    )
+
+
+def as_evaluation(result: dg.AssetCheckResult) -> dg.AssetCheckEvaluation:
+    """The same verdict logged from a job's op (ops report checks as evaluations)."""
+    return dg.AssetCheckEvaluation(
+        asset_key=result.asset_key,
+        check_name=result.check_name,
+        passed=result.passed,
+        metadata=result.metadata,
+        severity=result.severity,
+    )

@@ -1,0 +1,229 @@
+"""One micro-batch: Kafka records in, read model, follow-ups, dead letters and leads out.
+
+Order of effects, each idempotent, offsets last (DESIGN "Delivery semantics"):
+dead letters and new events stored → touched applications refolded from the store and
+written → follow-up queue updated → leads of not-yet-published events produced (one flush,
+every future checked) and marked published → offsets committed (Mongo, then Kafka).
+A crash anywhere leaves the offsets where they were; the rerun over the same range finds
+its events stored, refolds to the same documents and publishes only unpublished leads.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from pymongo import UpdateOne
+
+from enrollment_pipeline.defs.kafka.resources import Record
+from enrollment_pipeline.defs.mongo.store import DeadLetter, EnrollmentStore
+from enrollment_pipeline.domain.events import (
+    EnrollmentEvent,
+    Rejection,
+    RejectReason,
+    parse_record,
+)
+from enrollment_pipeline.domain.followup_queue import merge_followup, mongo_precision
+from enrollment_pipeline.domain.leads import lead_events
+from enrollment_pipeline.domain.projection import fold_application
+
+# Steps a test may stop a batch at, to prove a rerun converges.
+CHECKPOINTS = (
+    "after_store_insert",
+    "after_read_model_write",
+    "after_followups_write",
+    "after_leads_produced",
+    "before_offset_commit",
+)
+
+
+@dataclass
+class BatchReport:
+    """What a user reads in the run's metadata."""
+
+    events_read: int = 0
+    applied: int = 0  # new events stored
+    duplicates: int = 0
+    dead_lettered: int = 0
+    dead_letter_reasons: dict[str, int] = field(default_factory=dict)
+    anomalies: int = 0
+    applications_touched: int = 0
+    applications_written: int = 0
+    followups_opened: int = 0
+    followups_closed: int = 0
+    followups_written: int = 0
+    leads_published: int = 0
+
+    @property
+    def dead_letter_rate(self) -> float:
+        return self.dead_lettered / self.events_read if self.events_read else 0.0
+
+
+@dataclass(frozen=True)
+class Source:
+    """Where an event came from, kept with it in the store and in dead letters."""
+
+    id: str
+    fields: Mapping[str, Any]
+    raw: bytes | None
+    key: bytes | None
+
+
+def kafka_source(record: Record) -> Source:
+    return Source(
+        id=f"kafka:{record.topic}:{record.partition}:{record.offset}",
+        fields={"topic": record.topic, "partition": record.partition, "offset": record.offset},
+        raw=record.value,
+        key=record.key,
+    )
+
+
+def parse_kafka_records(
+    records: Iterable[Record], *, max_bytes: int
+) -> list[tuple[Source, EnrollmentEvent | Rejection]]:
+    return [(kafka_source(r), parse_record(r.key, r.value, max_bytes=max_bytes)) for r in records]
+
+
+def no_checkpoint(step: str) -> None:
+    return None
+
+
+def _normalized(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _normalized(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_normalized(v) for v in value]
+    return mongo_precision(value)
+
+
+def apply_parsed(
+    store: EnrollmentStore,
+    parsed: Sequence[tuple[Source, EnrollmentEvent | Rejection]],
+    *,
+    publish_leads: Callable[[list[tuple[bytes, bytes]]], None] | None,
+    now: datetime | None = None,
+    checkpoint: Callable[[str], None] = no_checkpoint,
+) -> BatchReport:
+    """Apply parsed inputs to the store, the read model and the queue; publish leads.
+
+    Shared by ingestion and backfill (`publish_leads=None` emits no lead). Offsets are the
+    caller's: commit them only after this returns.
+    """
+    now = now or datetime.now(UTC)
+    report = BatchReport(events_read=len(parsed))
+    letters: list[DeadLetter] = []
+    batch_events: dict[str, tuple[EnrollmentEvent, Source]] = {}
+
+    for source, outcome in parsed:
+        if isinstance(outcome, Rejection):
+            letters.append(_letter(source, outcome.reason, outcome.detail))
+            continue
+        seen = batch_events.get(outcome.event_id)
+        if seen is None:
+            batch_events[outcome.event_id] = (outcome, source)
+        elif seen[0].content_hash() == outcome.content_hash():
+            report.duplicates += 1
+        else:
+            letters.append(_conflict(source, outcome.event_id, seen[1].id))
+
+    stored = store.stored_events(batch_events)
+    new_events: list[tuple[EnrollmentEvent, Mapping[str, Any]]] = []
+    unpublished: set[str] = set()
+    for event_id, (event, source) in batch_events.items():
+        info = stored.get(event_id)
+        if info is None:
+            new_events.append((event, {"id": source.id, **source.fields}))
+            unpublished.add(event_id)
+        elif info.content_hash != event.content_hash():
+            letters.append(_conflict(source, event_id, "the event store"))
+        else:
+            report.duplicates += 1
+            if not info.leads_published:
+                unpublished.add(event_id)
+
+    store.dead_letter(letters, now=now)
+    report.dead_lettered = len(letters)
+    for letter in letters:
+        report.dead_letter_reasons[letter.reason] = (
+            report.dead_letter_reasons.get(letter.reason, 0) + 1
+        )
+    store.insert_events(new_events, now=now)
+    report.applied = len(new_events)
+    checkpoint("after_store_insert")
+
+    # Replays and duplicates refold too: after a crash their effects may be missing.
+    touched = {event.application_id for event, _ in batch_events.values()}
+    report.applications_touched = len(touched)
+    histories = store.events_of(touched)
+    existing_followups = store.followups(touched)
+    existing_apps = store.applications(touched)
+
+    documents, followup_updates = [], []
+    for app_id in sorted(touched):
+        application = fold_application(app_id, histories[app_id])
+        document = application.to_document()
+        report.anomalies += len(document.get("anomalies", []))
+        change = merge_followup(
+            app_id,
+            application.followup,
+            existing_followups.get(app_id),
+            submitted_at=document.get("submitted_at"),
+        )
+        if change is not None:
+            followup_updates.append(
+                UpdateOne(
+                    {"_id": app_id},
+                    {"$set": change.set_fields, "$setOnInsert": change.set_on_insert},
+                    upsert=True,
+                )
+            )
+            report.followups_opened += change.opened
+            report.followups_closed += change.closed
+            document["broker_followup_status"] = change.status
+        elif app_id in existing_followups:
+            document["broker_followup_status"] = existing_followups[app_id].get("status")
+        if _normalized(existing_apps.get(app_id)) != _normalized(document):
+            documents.append(document)
+
+    store.write_applications(documents)
+    report.applications_written = len(documents)
+    checkpoint("after_read_model_write")
+    store.write_followups(followup_updates)
+    report.followups_written = len(followup_updates)
+    checkpoint("after_followups_write")
+
+    if publish_leads is not None and unpublished:
+        leads = [
+            lead
+            for app_id in sorted(touched)
+            for lead in lead_events(app_id, histories[app_id])
+            if lead.source_event_id in unpublished
+        ]
+        publish_leads([(lead.application_id.encode(), lead.to_json_bytes()) for lead in leads])
+        report.leads_published = len(leads)
+        store.mark_leads_published(unpublished)
+    elif unpublished:
+        store.mark_leads_published(unpublished)  # a backfill without leads: none owed later
+    checkpoint("after_leads_produced")
+    return report
+
+
+def _letter(source: Source, reason: str, detail: str) -> DeadLetter:
+    return DeadLetter(
+        id=source.id,
+        reason=str(reason),
+        detail=detail,
+        raw=source.raw,
+        key=source.key,
+        source=source.fields,
+    )
+
+
+def _conflict(source: Source, event_id: str, first_seen: str) -> DeadLetter:
+    return _letter(
+        source,
+        RejectReason.CONFLICTING_DUPLICATE,
+        f"event_id {event_id} was first seen with other content at {first_seen}",
+    )

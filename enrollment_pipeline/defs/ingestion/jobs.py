@@ -1,0 +1,129 @@
+"""`ingest_enrollment_events`: one micro-batch over exact offset ranges, in process."""
+
+import dagster as dg
+from pydantic import Field
+
+from enrollment_pipeline.defs.ingestion.assets import (
+    APPLICATIONS,
+    BROKER_FOLLOWUPS,
+    DEAD_LETTERS_ASSET,
+    LEAD_EVENTS,
+    as_evaluation,
+    lag_result,
+    rate_result,
+)
+from enrollment_pipeline.defs.ingestion.ranges import PartitionRange, RangePlan
+from enrollment_pipeline.defs.ingestion.run import ingest_range
+from enrollment_pipeline.defs.kafka.resources import KafkaResource
+from enrollment_pipeline.defs.mongo.resources import MongoResource
+from enrollment_pipeline.defs.mongo.store import EnrollmentStore
+from enrollment_pipeline.settings import PipelineSettings
+
+# Ingestion, backfill and rebuild write the read model: one pool, size 1 (dagster.yaml).
+READ_MODEL_POOL = "enrollment_read_model"
+# Run monitoring stops a hung batch at this age, so its range is requested again.
+MAX_RUNTIME_SECONDS = 1800
+
+
+class OffsetRange(dg.Config):
+    partition: int = Field(ge=0)
+    start: int = Field(ge=0)
+    end: int = Field(ge=0)
+
+
+class IngestConfig(dg.Config):
+    """The exact range a run covers; the sensor fills it in."""
+
+    topic: str
+    ranges: list[OffsetRange]
+
+
+@dg.op(pool=READ_MODEL_POOL)
+def ingest_offset_range(
+    context: dg.OpExecutionContext,
+    config: IngestConfig,
+    kafka: KafkaResource,
+    mongo: MongoResource,
+) -> None:
+    """Apply one offset range and report what it did on the four datasets."""
+    settings = PipelineSettings()
+    plan = RangePlan(
+        config.topic,
+        tuple(PartitionRange(r.partition, r.start, r.end) for r in config.ranges),
+    )
+    result = ingest_range(
+        kafka,
+        EnrollmentStore(mongo.db()),
+        plan,
+        lead_topic=settings.lead_topic,
+        max_record_bytes=settings.ingest_max_record_bytes,
+        run_id=context.run_id,
+    )
+    report = result.report
+    ranges = {str(r.partition): f"[{r.start}, {r.end})" for r in plan.ranges}
+    common = {"offset_ranges": ranges, "events_read": report.events_read}
+    context.log_event(
+        dg.AssetMaterialization(
+            APPLICATIONS,
+            metadata={
+                **common,
+                "events_applied": report.applied,
+                "duplicates": report.duplicates,
+                "anomalies": report.anomalies,
+                "applications_touched": report.applications_touched,
+                "applications_written": report.applications_written,
+                "lag_left": result.lag_left,
+            },
+        )
+    )
+    context.log_event(
+        dg.AssetMaterialization(
+            BROKER_FOLLOWUPS,
+            metadata={
+                **common,
+                "followups_opened": report.followups_opened,
+                "followups_closed": report.followups_closed,
+                "followups_written": report.followups_written,
+            },
+        )
+    )
+    context.log_event(
+        dg.AssetMaterialization(
+            DEAD_LETTERS_ASSET,
+            metadata={
+                **common,
+                "dead_lettered": report.dead_lettered,
+                "reasons": dict(report.dead_letter_reasons),
+            },
+        )
+    )
+    context.log_event(
+        dg.AssetMaterialization(
+            LEAD_EVENTS, metadata={**common, "leads_published": report.leads_published}
+        )
+    )
+    context.log_event(
+        as_evaluation(
+            rate_result(
+                report.dead_lettered, report.events_read, settings.ingest_max_dead_letter_rate
+            )
+        )
+    )
+    context.log_event(as_evaluation(lag_result(result.lag_left, settings.ingest_max_consumer_lag)))
+    for error in result.kafka_commit_errors:
+        context.log.warning(f"Kafka group offset commit failed (Mongo holds them): {error}")
+    context.log.info(
+        f"range {plan.key}: read {report.events_read}, applied {report.applied}, "
+        f"duplicates {report.duplicates}, dead-lettered {report.dead_lettered}, "
+        f"written {report.applications_written}, leads {report.leads_published}, "
+        f"lag left {result.lag_left}"
+    )
+
+
+@dg.job(
+    executor_def=dg.in_process_executor,
+    tags={"dagster/max_runtime": MAX_RUNTIME_SECONDS},
+    description="Apply one micro-batch of enrollment events over exact Kafka offset ranges.",
+)
+def ingest_enrollment_events() -> None:
+    ingest_offset_range()

@@ -1,0 +1,206 @@
+"""The Contract-2 collections as the batch jobs use them: a constant number of commands a batch.
+
+Every read takes one `$in` query per collection and every write one bulk command, because on
+FerretDB each query is a scan, and on MongoDB round trips dominate. Nothing here needs
+transactions: each write is idempotent, so a crash between two of them is healed by a rerun.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from pymongo import ReplaceOne, UpdateOne
+from pymongo.database import Database
+from pymongo.errors import BulkWriteError
+
+from enrollment_pipeline.defs.mongo.resources import (
+    APPLICATIONS,
+    BROKER_FOLLOWUPS,
+    CONSUMER_OFFSETS,
+    DEAD_LETTERS,
+    ENROLLMENT_EVENTS,
+)
+from enrollment_pipeline.domain.events import EnrollmentEvent
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """A rejected input, kept whole (`raw`) with where it came from and why."""
+
+    id: str  # kafka:{topic}:{partition}:{offset} | archive:{file}:{line} | crm:{lead_event_id}
+    reason: str
+    detail: str
+    raw: bytes | None
+    key: bytes | None
+    source: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class StoredEventInfo:
+    content_hash: str
+    leads_published: bool
+
+
+class EnrollmentStore:
+    """Reads and writes of one batch, over the pipeline's database."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    # -- the event store -------------------------------------------------------------------
+
+    def stored_events(self, event_ids: Iterable[str]) -> dict[str, StoredEventInfo]:
+        ids = list(set(event_ids))
+        if not ids:
+            return {}
+        cursor = self.db[ENROLLMENT_EVENTS].find(
+            {"_id": {"$in": ids}}, {"content_hash": 1, "leads_published": 1}
+        )
+        return {
+            d["_id"]: StoredEventInfo(d["content_hash"], bool(d.get("leads_published")))
+            for d in cursor
+        }
+
+    def insert_events(
+        self, events: Sequence[tuple[EnrollmentEvent, Mapping[str, Any]]], *, now: datetime
+    ) -> int:
+        """Store new events (`_id` = `event_id`); one already stored is skipped, not an error."""
+        if not events:
+            return 0
+        docs = [
+            {
+                "_id": event.event_id,
+                "event_id": event.event_id,
+                "application_id": event.application_id,
+                "content_hash": event.content_hash(),
+                "event": event.to_document(),
+                "source": dict(source),
+                "leads_published": False,
+                "stored_at": now,
+            }
+            for event, source in events
+        ]
+        try:
+            return len(self.db[ENROLLMENT_EVENTS].insert_many(docs, ordered=False).inserted_ids)
+        except BulkWriteError as exc:
+            errors = exc.details.get("writeErrors", [])
+            if any(error.get("code") != 11000 for error in errors):
+                raise
+            return exc.details.get("nInserted", len(docs) - len(errors))
+
+    def events_of(self, application_ids: Iterable[str]) -> dict[str, list[EnrollmentEvent]]:
+        """Every stored event of these applications, grouped by application."""
+        ids = list(set(application_ids))
+        result: dict[str, list[EnrollmentEvent]] = {app_id: [] for app_id in ids}
+        if not ids:
+            return result
+        for doc in self.db[ENROLLMENT_EVENTS].find(
+            {"application_id": {"$in": ids}}, {"event": 1, "application_id": 1}
+        ):
+            result[doc["application_id"]].append(EnrollmentEvent.from_document(doc["event"]))
+        return result
+
+    def mark_leads_published(self, event_ids: Iterable[str]) -> None:
+        ids = list(set(event_ids))
+        if ids:
+            self.db[ENROLLMENT_EVENTS].update_many(
+                {"_id": {"$in": ids}}, {"$set": {"leads_published": True}}
+            )
+
+    # -- read model and follow-up queue ----------------------------------------------------
+
+    def followups(self, application_ids: Iterable[str]) -> dict[str, dict]:
+        ids = list(set(application_ids))
+        if not ids:
+            return {}
+        return {d["_id"]: d for d in self.db[BROKER_FOLLOWUPS].find({"_id": {"$in": ids}})}
+
+    def applications(self, application_ids: Iterable[str]) -> dict[str, dict]:
+        ids = list(set(application_ids))
+        if not ids:
+            return {}
+        return {d["_id"]: d for d in self.db[APPLICATIONS].find({"_id": {"$in": ids}})}
+
+    def write_applications(self, documents: Sequence[dict]) -> int:
+        """Replace each application's document; returns how many were inserted or changed."""
+        if not documents:
+            return 0
+        result = self.db[APPLICATIONS].bulk_write(
+            [ReplaceOne({"_id": d["_id"]}, d, upsert=True) for d in documents], ordered=False
+        )
+        return result.upserted_count + result.modified_count
+
+    def write_followups(self, updates: Sequence[UpdateOne]) -> None:
+        if updates:
+            self.db[BROKER_FOLLOWUPS].bulk_write(list(updates), ordered=False)
+
+    # -- dead letters ----------------------------------------------------------------------
+
+    def dead_letter(self, letters: Sequence[DeadLetter], *, now: datetime) -> None:
+        """Upsert each rejected input once by its position; a rerun only moves `last_seen_at`."""
+        if not letters:
+            return
+        ops = [
+            UpdateOne(
+                {"_id": letter.id},
+                {
+                    "$set": {
+                        "reason": letter.reason,
+                        "detail": letter.detail,
+                        "raw_base64": base64.b64encode(letter.raw).decode()
+                        if letter.raw is not None
+                        else None,
+                        "key": letter.key.decode("utf-8", "replace")
+                        if letter.key is not None
+                        else None,
+                        "source": dict(letter.source),
+                        "last_seen_at": now,
+                    },
+                    "$setOnInsert": {"first_seen_at": now, "status": "OPEN"},
+                },
+                upsert=True,
+            )
+            for letter in letters
+        ]
+        self.db[DEAD_LETTERS].bulk_write(ops, ordered=False)
+
+    # -- offsets -----------------------------------------------------------------------------
+
+    def committed_offsets(self, group: str, topic: str) -> dict[int, int]:
+        cursor = self.db[CONSUMER_OFFSETS].find({"group": group, "topic": topic})
+        return {d["partition"]: d["offset"] for d in cursor}
+
+    def commit_offsets(
+        self,
+        groups: Iterable[str],
+        topic: str,
+        offsets: Mapping[int, int],
+        *,
+        now: datetime,
+        run_id: str | None,
+    ) -> None:
+        """Record the next offset to read per partition, for each group (authoritative)."""
+        ops = [
+            UpdateOne(
+                {"_id": f"{group}:{topic}:{partition}"},
+                {
+                    "$set": {
+                        "group": group,
+                        "topic": topic,
+                        "partition": partition,
+                        "offset": offset,
+                        "committed_at": now,
+                        "run_id": run_id,
+                    }
+                },
+                upsert=True,
+            )
+            for group in groups
+            for partition, offset in offsets.items()
+        ]
+        if ops:
+            self.db[CONSUMER_OFFSETS].bulk_write(ops, ordered=False)

@@ -1,0 +1,128 @@
+"""Contract 4: lead-integration events derived from the same fold as the read model.
+
+Leads come from `fold_history`, so an anomalous event never emits a lead and the leads of a
+history do not depend on arrival order. Only the fields below leave the system.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict
+
+from enrollment_pipeline.domain.events import (
+    Applicant,
+    AwareDateTime,
+    EnrollmentEvent,
+    EventType,
+    Product,
+)
+from enrollment_pipeline.domain.projection import Application, FoldStep, fold_history
+
+# Fixed forever: changing it would give every replayed lead a new id (double delivery).
+LEAD_NAMESPACE = uuid.UUID("0b5a8f2e-6d2c-5c61-9a43-6f1d7e3c2a10")
+
+LeadStatus = Literal["NEW", "UPDATED", "LOST", "CONVERTED"]
+_CONTACT_FIELDS = ("first_name", "last_name", "email", "phone", "state")
+
+
+class _Closed(BaseModel):
+    model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
+
+
+class LeadContact(_Closed):
+    first_name: str
+    last_name: str
+    email: str
+    phone: str | None
+    state: str
+
+    @classmethod
+    def of(cls, applicant: Applicant) -> LeadContact:
+        """Copy only the contact fields: no date of birth ever reaches the CRM."""
+        return cls(**{name: getattr(applicant, name) for name in _CONTACT_FIELDS})
+
+
+class LeadEvent(_Closed):
+    lead_event_id: str
+    source_event_id: str
+    application_id: str
+    lead_status: LeadStatus
+    occurred_at: AwareDateTime
+    contact: LeadContact
+    product: Product
+
+    def to_json_bytes(self) -> bytes:
+        """Compact UTF-8 JSON for the `lead-integration-events` topic (occurred_at with Z)."""
+        return self.model_dump_json().encode("utf-8")
+
+    @classmethod
+    def from_json_bytes(cls, raw: bytes) -> LeadEvent:
+        """Parse a value read back from the lead topic."""
+        return cls.model_validate_json(raw)
+
+
+def lead_event_id(source_event_id: str) -> str:
+    """Deterministic id: a replay of the same source event yields the same lead id."""
+    return str(uuid.uuid5(LEAD_NAMESPACE, f"lead:{source_event_id}"))
+
+
+def _lead(step: FoldStep, status: LeadStatus, state: Application) -> LeadEvent:
+    assert state.applicant is not None and state.plan is not None  # only after submission
+    return LeadEvent(
+        lead_event_id=lead_event_id(step.event.event_id),
+        source_event_id=step.event.event_id,
+        application_id=step.event.application_id,
+        lead_status=status,
+        occurred_at=step.event.occurred_at,
+        contact=LeadContact.of(state.applicant),
+        product=state.plan.product,
+    )
+
+
+def _contact_or_plan_changed(before: Application, after: Application) -> bool:
+    if before.plan != after.plan:
+        return True
+    if before.applicant is None or after.applicant is None:
+        return before.applicant is not after.applicant
+    return LeadContact.of(before.applicant) != LeadContact.of(after.applicant)
+
+
+def lead_events(application_id: str, events: Iterable[EnrollmentEvent]) -> list[LeadEvent]:
+    """All leads of an application's full history, in fold order, at most one per event.
+
+    A lead is "open" from the first NEW until LOST or CONVERTED. Revoking consent while
+    open emits one LOST (contact and product as they were before the revoke) and nothing
+    follows; granting consent again later opens a fresh lead with NEW, because the CRM
+    dropped the contact on LOST and must be told to start again. UPDATED is emitted only
+    when a contact field (first_name, last_name, email, phone, state) or the plan actually
+    changed value; a date-of-birth-only update changes nothing the CRM sees.
+    """
+    leads: list[LeadEvent] = []
+    is_open = False
+    for step in fold_history(application_id, events):
+        if step.anomaly is not None:
+            continue
+        before, after, kind = step.before, step.after, step.event.event_type
+        consent_after = after.marketing_consent is True
+        if not consent_after:
+            if is_open and before.marketing_consent is True:
+                leads.append(_lead(step, "LOST", before))
+                is_open = False
+            continue
+        if kind in (EventType.SUBMITTED, EventType.UPDATED) and not is_open:
+            # First lead, or consent granted (again) by an update.
+            if kind is EventType.SUBMITTED or before.marketing_consent is not True:
+                leads.append(_lead(step, "NEW", after))
+                is_open = True
+        elif kind is EventType.UPDATED and _contact_or_plan_changed(before, after):
+            leads.append(_lead(step, "UPDATED", after))
+        elif kind in (EventType.DECLINED, EventType.WITHDRAWN) and is_open:
+            leads.append(_lead(step, "LOST", after))
+            is_open = False
+        elif kind is EventType.ENROLLMENT_COMPLETED and is_open:
+            leads.append(_lead(step, "CONVERTED", after))
+            is_open = False
+    return leads

@@ -1,0 +1,163 @@
+"""The Dagster wiring of ingestion: the sensor's ranges and the job's run, on real services."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+
+import dagster as dg
+import pytest
+
+from enrollment_pipeline.defs.ingestion.jobs import ingest_enrollment_events
+from enrollment_pipeline.defs.ingestion.sensors import (
+    ATTEMPT_TAG,
+    PARTITIONS_TAG,
+    RANGE_TAG,
+    enrollment_events_sensor,
+)
+from enrollment_pipeline.defs.kafka.resources import KafkaResource
+from enrollment_pipeline.defs.mongo.resources import APPLICATIONS, MongoResource
+from enrollment_pipeline.defs.mongo.store import EnrollmentStore
+from enrollment_pipeline.settings import ENROLLMENT_GROUPS
+from enrollment_pipeline_tests import factories as f
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def lead_topic(kafka: KafkaResource) -> Iterator[str]:
+    name = f"test-leads-{uuid.uuid4().hex[:12]}"
+    kafka.ensure_topics([name], partitions=3)
+    yield name
+    kafka.delete_topics([name])
+
+
+@pytest.fixture
+def env(monkeypatch, topic, lead_topic):
+    monkeypatch.setenv("ENROLLMENT_TOPIC", topic)
+    monkeypatch.setenv("LEAD_TOPIC", lead_topic)
+
+
+@pytest.fixture
+def instance() -> Iterator[dg.DagsterInstance]:
+    with dg.instance_for_test() as instance:
+        yield instance
+
+
+def tick(instance, kafka, mongo) -> dg.SensorResult | dg.SkipReason:
+    with dg.build_sensor_context(
+        instance=instance, resources={"kafka": kafka, "mongo": mongo}
+    ) as context:
+        return enrollment_events_sensor(context)
+
+
+def run(instance, kafka, mongo, request: dg.RunRequest) -> dg.ExecuteInProcessResult:
+    return ingest_enrollment_events.execute_in_process(
+        run_config=request.run_config,
+        resources={"kafka": kafka, "mongo": mongo},
+        instance=instance,
+        tags=request.tags,
+        raise_on_error=False,
+    )
+
+
+def produce_apps(kafka, topic, count) -> None:
+    kafka.produce_batch(topic, [f.record(f.submitted(f"APP-{i:04d}", i)) for i in range(count)])
+
+
+def test_sensor_requests_exact_ranges_and_the_run_applies_them(env, instance, kafka, mongo, topic):
+    produce_apps(kafka, topic, 40)
+    ends = kafka.end_offsets(topic)
+
+    result = tick(instance, kafka, mongo)
+    (request,) = result.run_requests
+    ranges = request.run_config["ops"]["ingest_offset_range"]["config"]["ranges"]
+    assert {r["partition"]: (r["start"], r["end"]) for r in ranges} == {
+        p: (0, e) for p, e in ends.items() if e
+    }
+    assert request.tags[PARTITIONS_TAG] == ",".join(str(r["partition"]) for r in ranges)
+
+    outcome = run(instance, kafka, mongo, request)
+    assert outcome.success
+    assert mongo.db()[APPLICATIONS].count_documents({}) == 40
+    materialized = {
+        m.asset_key.to_user_string(): m.metadata
+        for m in outcome.asset_materializations_for_node("ingest_offset_range")
+    }
+    assert set(materialized) == {
+        "applications",
+        "broker_followups",
+        "dead_letters",
+        "lead_integration_events",
+    }
+    assert materialized["applications"]["events_applied"].value == 40
+    assert materialized["applications"]["lag_left"].value == 0
+    assert materialized["lead_integration_events"]["leads_published"].value == 40
+    checks = [
+        e.asset_check_evaluation_data
+        for e in outcome.all_events
+        if e.event_type_value == "ASSET_CHECK_EVALUATION"
+    ]
+    assert {c.check_name: c.passed for c in checks} == {
+        "dead_letter_rate": True,
+        "consumer_lag": True,
+    }
+    for group in ENROLLMENT_GROUPS:
+        assert EnrollmentStore(mongo.db()).committed_offsets(group, topic) == ends
+
+    assert isinstance(tick(instance, kafka, mongo), dg.SkipReason)  # nothing left
+
+
+def test_sensor_caps_a_run(env, instance, kafka, mongo, topic, monkeypatch):
+    monkeypatch.setenv("INGEST_MAX_EVENTS_PER_RUN", "7")
+    produce_apps(kafka, topic, 40)
+    (request,) = tick(instance, kafka, mongo).run_requests
+    ranges = request.run_config["ops"]["ingest_offset_range"]["config"]["ranges"]
+    assert sum(r["end"] - r["start"] for r in ranges) == 7
+
+
+def test_partitions_of_a_run_in_flight_are_not_requested(env, instance, kafka, mongo, topic):
+    produce_apps(kafka, topic, 40)
+    instance.create_run_for_job(
+        ingest_enrollment_events,
+        run_config={"ops": {"ingest_offset_range": {"config": {"topic": topic, "ranges": []}}}},
+        status=dg.DagsterRunStatus.STARTED,
+        tags={PARTITIONS_TAG: "0,1"},
+    )
+    (request,) = tick(instance, kafka, mongo).run_requests
+    assert request.tags[PARTITIONS_TAG] == "2"
+
+
+def test_a_failed_range_is_requested_again_then_reported(
+    env, instance, kafka, mongo, topic, monkeypatch
+):
+    monkeypatch.setenv("INGEST_MAX_RANGE_ATTEMPTS", "2")
+    produce_apps(kafka, topic, 12)
+    broken_mongo = MongoResource(
+        uri="mongodb://127.0.0.1:1/", database=mongo.database, server_selection_timeout_ms=300
+    )
+    keys = []
+    for attempt in (1, 2):
+        (request,) = tick(instance, kafka, mongo).run_requests
+        assert request.tags[ATTEMPT_TAG] == str(attempt)
+        keys.append(request.run_key)
+        assert not run(instance, kafka, broken_mongo, request).success
+    assert len(set(keys)) == 2  # a reused run key would be skipped silently by Dagster
+
+    outcome = tick(instance, kafka, mongo)
+    assert isinstance(outcome, dg.SkipReason)
+    assert "failed 2 times" in outcome.skip_message
+
+
+def test_twelve_partitions_in_one_request(instance, kafka, mongo, monkeypatch):
+    """(How fast such a tick is: benchmarks/sensor_tick.py.)"""
+    topic = f"test-12-{uuid.uuid4().hex[:8]}"
+    kafka.ensure_topics([topic], partitions=12)
+    monkeypatch.setenv("ENROLLMENT_TOPIC", topic)
+    try:
+        produce_apps(kafka, topic, 120)
+        (request,) = tick(instance, kafka, mongo).run_requests
+        assert len(request.tags[PARTITIONS_TAG].split(",")) == 12
+        assert request.tags[RANGE_TAG].startswith(topic)
+    finally:
+        kafka.delete_topics([topic])
