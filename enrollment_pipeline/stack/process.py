@@ -41,6 +41,11 @@ class Daemon:
         except (FileNotFoundError, ValueError):
             return None
         cmdline = _cmdline(pid)
+        for _ in range(20):  # empty while the process is in the middle of exec
+            if cmdline != "" or not _alive(pid):
+                break
+            time.sleep(0.005)
+            cmdline = _cmdline(pid)
         if cmdline and self.marker in cmdline:
             return pid
         if cmdline != "":  # gone, or another program now has that pid: the file is stale
