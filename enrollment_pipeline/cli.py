@@ -17,6 +17,16 @@ from enrollment_pipeline.stack.process import ServiceError
 console = Console(stderr=True)
 
 
+def _print_table(*columns: str, rows) -> None:
+    """A table that never hides text: folded in a terminal, wide when piped."""
+    table = Table(*columns)
+    for column in table.columns:
+        column.overflow = "fold"
+    for row in rows:
+        table.add_row(*row)
+    Console(width=None if sys.stdout.isatty() else 240).print(table)
+
+
 def _stack() -> LocalStack:
     return LocalStack(StackSettings(), PipelineSettings())
 
@@ -66,17 +76,24 @@ def stack_down() -> None:
 @stack.command("status")
 def stack_status() -> None:
     """What runs where, with each service's log file."""
-    table = Table("service", "state", "pid", "address", "log")
     rows = _stack().status()
-    for row in rows:
-        table.add_row(
-            row.name,
-            "[green]running[/]" if row.running else "[red]stopped[/]",
-            str(row.pid or ""),
-            row.address,
-            str(row.log_file),
-        )
-    Console().print(table)
+    _print_table(
+        "service",
+        "state",
+        "pid",
+        "address",
+        "log",
+        rows=[
+            (
+                row.name,
+                "[green]running[/]" if row.running else "[red]stopped[/]",
+                str(row.pid or ""),
+                row.address,
+                str(row.log_file),
+            )
+            for row in rows
+        ],
+    )
     if not all(row.running for row in rows):
         sys.exit(3)
 
@@ -265,20 +282,30 @@ def offsets_show() -> None:
     from enrollment_pipeline.defs.ingestion.operations import offset_rows
 
     settings, kafka, store = _pipeline()
-    table = Table("group", "topic", "partition", "committed", "in kafka", "end", "lag")
-    for row in offset_rows(
+    rows = offset_rows(
         kafka, store, enrollment_topic=settings.enrollment_topic, lead_topic=settings.lead_topic
-    ):
-        table.add_row(
-            row.group,
-            row.topic,
-            str(row.partition),
-            "-" if row.committed is None else str(row.committed),
-            "-" if row.kafka_committed is None else str(row.kafka_committed),
-            str(row.end),
-            str(row.lag),
-        )
-    Console().print(table)
+    )
+    _print_table(
+        "group",
+        "topic",
+        "partition",
+        "committed",
+        "in kafka",
+        "end",
+        "lag",
+        rows=[
+            (
+                row.group,
+                row.topic,
+                str(row.partition),
+                "-" if row.committed is None else str(row.committed),
+                "-" if row.kafka_committed is None else str(row.kafka_committed),
+                str(row.end),
+                str(row.lag),
+            )
+            for row in rows
+        ],
+    )
 
 
 @offsets.command("reset")
@@ -342,16 +369,23 @@ def dead_letters_list(reason, since, include_all, limit) -> None:
         status=None if include_all else "OPEN",
         limit=limit,
     )
-    table = Table("id", "reason", "status", "last seen", "detail")
-    for row in rows:
-        table.add_row(
-            row["_id"],
-            row["reason"],
-            row.get("status", ""),
-            f"{row['last_seen_at']:%Y-%m-%d %H:%M:%S}",
-            row.get("detail", "")[:80],
-        )
-    Console().print(table)
+    _print_table(
+        "id",
+        "reason",
+        "status",
+        "last seen",
+        "detail",
+        rows=[
+            (
+                row["_id"],
+                row["reason"],
+                row.get("status", ""),
+                f"{row['last_seen_at']:%Y-%m-%d %H:%M:%S}",
+                row.get("detail", "")[:120],
+            )
+            for row in rows
+        ],
+    )
 
 
 @dead_letters.command("show")
