@@ -212,6 +212,7 @@ def demo(applications: int, port: int) -> None:
         cwd=project,
         start_new_session=True,
     )
+
     # Ctrl-C or a SIGTERM (a supervisor, `timeout`) stops the whole `dagster dev` group.
     def interrupt(signum, frame):
         raise KeyboardInterrupt

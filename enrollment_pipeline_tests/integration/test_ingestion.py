@@ -168,9 +168,8 @@ def test_happy_path_over_three_partitions_and_a_thousand_applications(pipeline: 
     assert sorted(ends) == [0, 1, 2]
     for group in ENROLLMENT_GROUPS:
         assert pipeline.store.committed_offsets(group, pipeline.topic) == ends
-        assert pipeline.kafka.group_offsets(group) == {
-            (pipeline.topic, p): o for p, o in ends.items()
-        }
+        in_kafka = pipeline.kafka.group_offsets(group)
+        assert {p: o for (t, p), o in in_kafka.items() if t == pipeline.topic} == ends
 
 
 def test_replay_and_duplicates_change_nothing(pipeline: Pipeline):

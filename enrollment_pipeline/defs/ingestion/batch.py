@@ -160,52 +160,58 @@ def apply_parsed(
     existing_followups = store.followups(touched)
     existing_apps = store.applications(touched)
 
-    documents, followup_updates = [], []
+    new_apps, changed_apps, new_followups, followup_updates = [], [], [], []
     for app_id in sorted(touched):
         application = fold_application(app_id, histories[app_id])
         document = application.to_document()
         report.anomalies += len(document.get("anomalies", []))
+        existing_followup = existing_followups.get(app_id)
         change = merge_followup(
             app_id,
             application.followup,
-            existing_followups.get(app_id),
+            existing_followup,
             submitted_at=document.get("submitted_at"),
         )
         if change is not None:
-            followup_updates.append(
-                UpdateOne(
-                    {"_id": app_id},
-                    {"$set": change.set_fields, "$setOnInsert": change.set_on_insert},
-                    upsert=True,
+            if existing_followup is None:
+                new_followups.append({"_id": app_id, **change.set_on_insert, **change.set_fields})
+            else:
+                followup_updates.append(
+                    UpdateOne(
+                        {"_id": app_id},
+                        {"$set": change.set_fields, "$setOnInsert": change.set_on_insert},
+                        upsert=True,
+                    )
                 )
-            )
             report.followups_opened += change.opened
             report.followups_closed += change.closed
             document["broker_followup_status"] = change.status
-        elif app_id in existing_followups:
-            document["broker_followup_status"] = existing_followups[app_id].get("status")
-        if _normalized(existing_apps.get(app_id)) != _normalized(document):
-            documents.append(document)
+        elif existing_followup is not None:
+            document["broker_followup_status"] = existing_followup.get("status")
+        if app_id not in existing_apps:
+            new_apps.append(document)
+        elif _normalized(existing_apps[app_id]) != _normalized(document):
+            changed_apps.append(document)
 
-    store.write_applications(documents)
-    report.applications_written = len(documents)
+    store.write_applications(new_apps, changed_apps)
+    report.applications_written = len(new_apps) + len(changed_apps)
     checkpoint("after_read_model_write")
-    store.write_followups(followup_updates)
-    report.followups_written = len(followup_updates)
+    store.write_followups(new_followups, followup_updates)
+    report.followups_written = len(new_followups) + len(followup_updates)
     checkpoint("after_followups_write")
 
-    if publish_leads is not None and unpublished:
-        leads = [
-            lead
-            for app_id in sorted(touched)
-            for lead in lead_events(app_id, histories[app_id])
-            if lead.source_event_id in unpublished
-        ]
-        publish_leads([(lead.application_id.encode(), lead.to_json_bytes()) for lead in leads])
+    if unpublished:
+        leads_by_source: dict[str, list[str]] = {event_id: [] for event_id in unpublished}
+        leads = []
+        if publish_leads is not None:  # a backfill without leads owes none later either
+            for app_id in sorted(touched):
+                for lead in lead_events(app_id, histories[app_id]):
+                    if lead.source_event_id in leads_by_source:
+                        leads.append(lead)
+                        leads_by_source[lead.source_event_id].append(lead.lead_event_id)
+            publish_leads([(lead.application_id.encode(), lead.to_json_bytes()) for lead in leads])
         report.leads_published = len(leads)
-        store.mark_leads_published(unpublished)
-    elif unpublished:
-        store.mark_leads_published(unpublished)  # a backfill without leads: none owed later
+        store.mark_leads_published(leads_by_source, now=now)
     checkpoint("after_leads_produced")
     return report
 

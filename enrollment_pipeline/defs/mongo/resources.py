@@ -20,6 +20,8 @@ BROKER_FOLLOWUPS = "broker_followups"
 FOLLOWUP_ATTEMPTS = "followup_attempts"
 DEAD_LETTERS = "dead_letters"
 CONSUMER_OFFSETS = "consumer_offsets"
+# Source events whose leads are out (an insert is cheap; an update is a scan on FerretDB).
+LEAD_PUBLICATIONS = "lead_publications"
 
 # The queries the pipeline makes, each backed by an index (unique where the contract says so).
 INDEXES: dict[str, list[IndexModel]] = {

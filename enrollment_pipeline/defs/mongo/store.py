@@ -23,6 +23,7 @@ from enrollment_pipeline.defs.mongo.resources import (
     CONSUMER_OFFSETS,
     DEAD_LETTERS,
     ENROLLMENT_EVENTS,
+    LEAD_PUBLICATIONS,
 )
 from enrollment_pipeline.domain.events import EnrollmentEvent
 
@@ -57,12 +58,19 @@ class EnrollmentStore:
         ids = list(set(event_ids))
         if not ids:
             return {}
-        cursor = self.db[ENROLLMENT_EVENTS].find(
-            {"_id": {"$in": ids}}, {"content_hash": 1, "leads_published": 1}
-        )
+        hashes = {
+            d["_id"]: d["content_hash"]
+            for d in self.db[ENROLLMENT_EVENTS].find({"_id": {"$in": ids}}, {"content_hash": 1})
+        }
+        if not hashes:
+            return {}
+        published = {
+            d["_id"]
+            for d in self.db[LEAD_PUBLICATIONS].find({"_id": {"$in": list(hashes)}}, {"_id": 1})
+        }
         return {
-            d["_id"]: StoredEventInfo(d["content_hash"], bool(d.get("leads_published")))
-            for d in cursor
+            event_id: StoredEventInfo(content_hash, event_id in published)
+            for event_id, content_hash in hashes.items()
         }
 
     def insert_events(
@@ -79,13 +87,18 @@ class EnrollmentStore:
                 "content_hash": event.content_hash(),
                 "event": event.to_document(),
                 "source": dict(source),
-                "leads_published": False,
                 "stored_at": now,
             }
             for event, source in events
         ]
+        return self._insert_new(ENROLLMENT_EVENTS, docs)
+
+    def _insert_new(self, collection: str, docs: list[dict]) -> int:
+        """insert_many that skips documents whose `_id` exists (code 11000 only)."""
+        if not docs:
+            return 0
         try:
-            return len(self.db[ENROLLMENT_EVENTS].insert_many(docs, ordered=False).inserted_ids)
+            return len(self.db[collection].insert_many(docs, ordered=False).inserted_ids)
         except BulkWriteError as exc:
             errors = exc.details.get("writeErrors", [])
             if any(error.get("code") != 11000 for error in errors):
@@ -104,12 +117,17 @@ class EnrollmentStore:
             result[doc["application_id"]].append(EnrollmentEvent.from_document(doc["event"]))
         return result
 
-    def mark_leads_published(self, event_ids: Iterable[str]) -> None:
-        ids = list(set(event_ids))
-        if ids:
-            self.db[ENROLLMENT_EVENTS].update_many(
-                {"_id": {"$in": ids}}, {"$set": {"leads_published": True}}
-            )
+    def mark_leads_published(
+        self, lead_ids_by_source: Mapping[str, list[str]], *, now: datetime
+    ) -> None:
+        """Record that these source events' leads (maybe none) are out: never publish again."""
+        self._insert_new(
+            LEAD_PUBLICATIONS,
+            [
+                {"_id": source, "lead_event_ids": lead_ids, "published_at": now}
+                for source, lead_ids in lead_ids_by_source.items()
+            ],
+        )
 
     # -- read model and follow-up queue ----------------------------------------------------
 
@@ -125,16 +143,17 @@ class EnrollmentStore:
             return {}
         return {d["_id"]: d for d in self.db[APPLICATIONS].find({"_id": {"$in": ids}})}
 
-    def write_applications(self, documents: Sequence[dict]) -> int:
-        """Replace each application's document; returns how many were inserted or changed."""
-        if not documents:
-            return 0
-        result = self.db[APPLICATIONS].bulk_write(
-            [ReplaceOne({"_id": d["_id"]}, d, upsert=True) for d in documents], ordered=False
-        )
-        return result.upserted_count + result.modified_count
+    def write_applications(self, new: Sequence[dict], changed: Sequence[dict]) -> None:
+        """Insert new application documents, replace changed ones (two commands at most)."""
+        self._insert_new(APPLICATIONS, list(new))
+        if changed:
+            self.db[APPLICATIONS].bulk_write(
+                [ReplaceOne({"_id": d["_id"]}, d, upsert=True) for d in changed], ordered=False
+            )
 
-    def write_followups(self, updates: Sequence[UpdateOne]) -> None:
+    def write_followups(self, new: Sequence[dict], updates: Sequence[UpdateOne]) -> None:
+        """Insert new queue documents, update existing ones (fold-owned fields only)."""
+        self._insert_new(BROKER_FOLLOWUPS, list(new))
         if updates:
             self.db[BROKER_FOLLOWUPS].bulk_write(list(updates), ordered=False)
 
