@@ -107,6 +107,7 @@ class StackSettings(BaseSettings):
     # auto: mongod when it is on PATH, else FerretDB on PostgreSQL.
     mongo_engine: Literal["auto", "mongod", "ferretdb"] = "auto"
     ferretdb_version: str = "v1.24.2"
-    postgres_port: int = 55432
+    # Below the kernel's ephemeral range (32768+): a client socket there could hold the port.
+    postgres_port: int = 25432
     smtp_port: int = 1025
     start_timeout_s: float = 120.0

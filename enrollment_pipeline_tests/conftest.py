@@ -33,10 +33,15 @@ class Services:
     dagster_pg_url: str | None
 
 
+# Below the kernel's ephemeral range (32768+), where a client socket could hold a port
+# between our check and the server's bind.
+_CANDIDATE_PORTS = set(range(20000, 32000))
+
+
 def free_ports(count: int) -> list[int]:
     ports: set[int] = set()
     while len(ports) < count:
-        ports.add(port_for.select_random())
+        ports.add(port_for.select_random(ports=_CANDIDATE_PORTS - ports))
     return sorted(ports)
 
 
