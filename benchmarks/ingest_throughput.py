@@ -52,7 +52,8 @@ class CommandCounter(monitoring.CommandListener):
 def produce(kafka: KafkaResource, topic: str, events: int) -> int:
     # ~3.4 events per application in the synthetic mix
     records = []
-    for record in synthetic_events(events // 3 + 1, seed=42, start=datetime(2026, 1, 1, tzinfo=UTC)):
+    start = datetime(2026, 1, 1, tzinfo=UTC)
+    for record in synthetic_events(events // 3 + 1, seed=42, start=start):
         records.append(record)
         if len(records) == events:
             break
@@ -95,10 +96,13 @@ def bench_ingest(settings: PipelineSettings, events: int, partitions: int) -> No
         print(f"throughput (read→written) {produced / elapsed:>10,.0f} events/s")
         print("phases (s): " + ", ".join(f"{k} {v:.1f}" for k, v in phases.items()))
         total = sum(counter.counts.values())
-        print(f"Mongo commands in the run {total:>10,}: " + ", ".join(
-            f"{name} {count} ({counter.seconds[name]:.1f} s)"
-            for name, count in counter.counts.most_common()
-        ))
+        print(
+            f"Mongo commands in the run {total:>10,}: "
+            + ", ".join(
+                f"{name} {count} ({counter.seconds[name]:.1f} s)"
+                for name, count in counter.counts.most_common()
+            )
+        )
     finally:
         client.drop_database(database)
         client.close()

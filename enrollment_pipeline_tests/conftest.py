@@ -101,6 +101,15 @@ def topic(kafka: KafkaResource) -> Iterator[str]:
 
 
 @pytest.fixture
+def lead_topic(kafka: KafkaResource) -> Iterator[str]:
+    """A fresh 3-partition topic for the leads this test publishes."""
+    name = f"test-leads-{uuid.uuid4().hex[:12]}"
+    kafka.ensure_topics([name], partitions=3)
+    yield name
+    kafka.delete_topics([name])
+
+
+@pytest.fixture
 def mongo(services: Services) -> Iterator[MongoResource]:
     """A fresh database for this test (indexes created), dropped afterwards."""
     resource = MongoResource(uri=services.mongo_uri, database=f"test_{uuid.uuid4().hex[:12]}")

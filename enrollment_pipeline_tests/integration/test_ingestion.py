@@ -6,7 +6,6 @@ import base64
 import json
 import uuid
 from collections import Counter, defaultdict
-from collections.abc import Iterator
 from datetime import UTC, datetime
 
 import pytest
@@ -37,14 +36,6 @@ from enrollment_pipeline_tests import factories as f
 pytestmark = pytest.mark.integration
 
 START = datetime(2026, 11, 1, tzinfo=UTC)
-
-
-@pytest.fixture
-def lead_topic(kafka: KafkaResource) -> Iterator[str]:
-    name = f"test-leads-{uuid.uuid4().hex[:12]}"
-    kafka.ensure_topics([name], partitions=3)
-    yield name
-    kafka.delete_topics([name])
 
 
 class Pipeline:

@@ -15,21 +15,12 @@ from enrollment_pipeline.defs.ingestion.sensors import (
     RANGE_TAG,
     enrollment_events_sensor,
 )
-from enrollment_pipeline.defs.kafka.resources import KafkaResource
 from enrollment_pipeline.defs.mongo.resources import APPLICATIONS, MongoResource
 from enrollment_pipeline.defs.mongo.store import EnrollmentStore
 from enrollment_pipeline.settings import ENROLLMENT_GROUPS
 from enrollment_pipeline_tests import factories as f
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def lead_topic(kafka: KafkaResource) -> Iterator[str]:
-    name = f"test-leads-{uuid.uuid4().hex[:12]}"
-    kafka.ensure_topics([name], partitions=3)
-    yield name
-    kafka.delete_topics([name])
 
 
 @pytest.fixture

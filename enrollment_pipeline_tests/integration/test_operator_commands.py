@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import uuid
-from collections.abc import Iterator
 
 import pytest
 from click.testing import CliRunner
@@ -18,14 +16,6 @@ from enrollment_pipeline.settings import ENROLLMENT_GROUPS, READ_MODEL_GROUP
 from enrollment_pipeline_tests import factories as f
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def lead_topic(kafka) -> Iterator[str]:
-    name = f"test-leads-{uuid.uuid4().hex[:12]}"
-    kafka.ensure_topics([name], partitions=3)
-    yield name
-    kafka.delete_topics([name])
 
 
 @pytest.fixture
