@@ -21,7 +21,7 @@ from tenacity import (
     Retrying,
     retry_if_exception_type,
     stop_after_attempt,
-    wait_exponential_jitter,
+    wait_random_exponential,
 )
 
 
@@ -63,7 +63,7 @@ class CrmClient(dg.ConfigurableResource):
 
     def _wait(self, state: RetryCallState) -> float:
         exc = state.outcome.exception() if state.outcome else None
-        backoff = wait_exponential_jitter(initial=self.backoff_initial_s, max=self.backoff_max_s)
+        backoff = wait_random_exponential(multiplier=self.backoff_initial_s, max=self.backoff_max_s)
         if isinstance(exc, RetryableCrmError) and exc.retry_after_s is not None:
             return min(exc.retry_after_s, self.backoff_max_s)
         return backoff(state)
