@@ -156,9 +156,20 @@ def apply_parsed(
     # Replays and duplicates refold too: after a crash their effects may be missing.
     touched = {event.application_id for event, _ in batch_events.values()}
     report.applications_touched = len(touched)
-    histories = store.events_of(touched)
-    existing_followups = store.followups(touched)
     existing_apps = store.applications(touched)
+    # Every application with a stored event has a document once its batch finished (the
+    # read model is written before offsets move). So only applications with a document, or
+    # with an event stored before (a rerun, a replay), can have history outside this batch;
+    # the others are folded from the batch alone, sparing a read that FerretDB pays per event.
+    seen_before = {
+        event.application_id for event_id, (event, _) in batch_events.items() if event_id in stored
+    }
+    from_store = seen_before | set(existing_apps)
+    histories = store.events_of(from_store)
+    for event, _ in new_events:
+        if event.application_id not in from_store:
+            histories.setdefault(event.application_id, []).append(event)
+    existing_followups = store.followups(touched)
 
     new_apps, changed_apps, new_followups, followup_updates = [], [], [], []
     for app_id in sorted(touched):
