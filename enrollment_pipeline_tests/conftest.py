@@ -31,6 +31,8 @@ class Services:
     kafka_bootstrap_servers: str
     mongo_uri: str
     dagster_pg_url: str | None
+    # The stack's settings when the session started it (None for services given by env).
+    stack: StackSettings | None = None
 
 
 # Below the kernel's ephemeral range (32768+), where a client socket could hold a port
@@ -74,11 +76,15 @@ def services() -> Iterator[Services]:
         yield Services(given_kafka, given_mongo, os.environ.get("TEST_DAGSTER_PG_URL"))
         return
     state_dir = make_state_dir("enrollment-test-stack-")
-    stack = LocalStack(private_stack_settings(state_dir), PipelineSettings())
+    settings = private_stack_settings(state_dir)
+    stack = LocalStack(settings, PipelineSettings())
     try:
         stack.up()  # raises ServiceError naming the service and its log: every test errors
         yield Services(
-            stack.kafka.bootstrap_servers, stack.mongo.uri, stack.postgres.url("dagster")
+            stack.kafka.bootstrap_servers,
+            stack.mongo.uri,
+            stack.postgres.url("dagster"),
+            settings,
         )
     finally:
         stack.down()

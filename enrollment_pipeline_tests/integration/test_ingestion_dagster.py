@@ -109,12 +109,20 @@ def test_sensor_caps_a_run(env, instance, kafka, mongo, topic, monkeypatch):
 
 def test_partitions_of_a_run_in_flight_are_not_requested(env, instance, kafka, mongo, topic):
     produce_apps(kafka, topic, 40)
-    instance.create_run_for_job(
-        ingest_enrollment_events,
-        run_config={"ops": {"ingest_offset_range": {"config": {"topic": topic, "ranges": []}}}},
-        status=dg.DagsterRunStatus.STARTED,
-        tags={PARTITIONS_TAG: "0,1"},
-    )
+
+    def in_flight(range_topic: str, partitions: str) -> None:
+        instance.create_run_for_job(
+            ingest_enrollment_events,
+            run_config={"ops": {"ingest_offset_range": {"config": {"topic": topic, "ranges": []}}}},
+            status=dg.DagsterRunStatus.STARTED,
+            tags={RANGE_TAG: f"{range_topic}:0@0", PARTITIONS_TAG: partitions},
+        )
+
+    in_flight("another-topic", "0,1,2")  # other topics' runs do not block this one
+    (request,) = tick(instance, kafka, mongo).run_requests
+    assert request.tags[PARTITIONS_TAG] == "0,1,2"
+
+    in_flight(topic, "0,1")
     (request,) = tick(instance, kafka, mongo).run_requests
     assert request.tags[PARTITIONS_TAG] == "2"
 

@@ -14,6 +14,9 @@ def test_definitions_load_with_every_resource():
     loaded = defs()
     assert isinstance(loaded, dg.Definitions)
     assert set(loaded.resources or {}) >= {"kafka", "mongo", "email", "archive", "crm"}
+    repository = loaded.get_repository_def()
+    assert repository.has_job("ingest_enrollment_events")  # Contract 6 names
+    assert repository.has_sensor_def("enrollment_events_sensor")
 
 
 def test_environment_configures_the_resources(monkeypatch):

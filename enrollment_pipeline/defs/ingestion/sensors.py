@@ -29,10 +29,15 @@ IN_FLIGHT = [
 FAILED = [dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED]
 
 
-def busy_partitions(instance: dg.DagsterInstance, job_name: str) -> set[int]:
+def busy_partitions(instance: dg.DagsterInstance, job_name: str, topic: str) -> set[int]:
+    """Partitions of `topic` that a run not yet finished covers."""
     runs = instance.get_runs(dg.RunsFilter(job_name=job_name, statuses=IN_FLIGHT))
     return {
-        int(p) for run in runs for p in run.tags.get(PARTITIONS_TAG, "").split(",") if p.strip()
+        int(p)
+        for run in runs
+        if run.tags.get(RANGE_TAG, "").startswith(f"{topic}:")
+        for p in run.tags.get(PARTITIONS_TAG, "").split(",")
+        if p.strip()
     }
 
 
@@ -54,7 +59,7 @@ def enrollment_events_sensor(
         topic,
         committed=committed,
         ends=ends,
-        busy=busy_partitions(context.instance, job_name),
+        busy=busy_partitions(context.instance, job_name, topic),
         max_events=settings.ingest_max_events_per_run,
     )
     if plan is None:
