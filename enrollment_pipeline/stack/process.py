@@ -186,12 +186,15 @@ def _cmdline(pid: int) -> str | None:
 
 
 def _alive(pid: int) -> bool:
-    """Running (a zombie, exited but not reaped by its parent, does not count)."""
+    """Running. A zombie (exited, not yet reaped) is not, unless it is only the group leader
+    gone ahead while other threads still run, as the JVM's main thread does at shutdown."""
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
+        state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+        if state != "Z":
+            return True
+        return len(os.listdir(f"/proc/{pid}/task")) > 1
+    except (OSError, IndexError):
         return False
-    return stat.rpartition(")")[2].split()[0] != "Z"
 
 
 def _reap(pid: int) -> None:

@@ -171,44 +171,12 @@ def apply_parsed(
             histories.setdefault(event.application_id, []).append(event)
     existing_followups = store.followups(touched)
 
-    new_apps, changed_apps, new_followups, followup_updates = [], [], [], []
-    for app_id in sorted(touched):
-        application = fold_application(app_id, histories[app_id])
-        document = application.to_document()
-        report.anomalies += len(document.get("anomalies", []))
-        existing_followup = existing_followups.get(app_id)
-        change = merge_followup(
-            app_id,
-            application.followup,
-            existing_followup,
-            submitted_at=document.get("submitted_at"),
-        )
-        if change is not None:
-            if existing_followup is None:
-                new_followups.append({"_id": app_id, **change.set_on_insert, **change.set_fields})
-            else:
-                followup_updates.append(
-                    UpdateOne(
-                        {"_id": app_id},
-                        {"$set": change.set_fields, "$setOnInsert": change.set_on_insert},
-                        upsert=True,
-                    )
-                )
-            report.followups_opened += change.opened
-            report.followups_closed += change.closed
-            document["broker_followup_status"] = change.status
-        elif existing_followup is not None:
-            document["broker_followup_status"] = existing_followup.get("status")
-        if app_id not in existing_apps:
-            new_apps.append(document)
-        elif _normalized(existing_apps[app_id]) != _normalized(document):
-            changed_apps.append(document)
-
-    store.write_applications(new_apps, changed_apps)
-    report.applications_written = len(new_apps) + len(changed_apps)
+    writes = _refold(touched, histories, existing_apps, existing_followups, report)
+    store.write_applications(writes.new_apps, writes.changed_apps)
+    report.applications_written = len(writes.new_apps) + len(writes.changed_apps)
     checkpoint("after_read_model_write")
-    store.write_followups(new_followups, followup_updates)
-    report.followups_written = len(new_followups) + len(followup_updates)
+    store.write_followups(writes.new_followups, writes.followup_updates)
+    report.followups_written = len(writes.new_followups) + len(writes.followup_updates)
     checkpoint("after_followups_write")
 
     if unpublished:
@@ -225,6 +193,55 @@ def apply_parsed(
         store.mark_leads_published(leads_by_source, now=now)
     checkpoint("after_leads_produced")
     return report
+
+
+@dataclass
+class _Writes:
+    new_apps: list[dict] = field(default_factory=list)
+    changed_apps: list[dict] = field(default_factory=list)
+    new_followups: list[dict] = field(default_factory=list)
+    followup_updates: list[UpdateOne] = field(default_factory=list)
+
+
+def _refold(
+    touched: set[str],
+    histories: Mapping[str, list[EnrollmentEvent]],
+    existing_apps: Mapping[str, dict],
+    existing_followups: Mapping[str, dict],
+    report: BatchReport,
+) -> _Writes:
+    """Fold each touched application; keep only the documents that change."""
+    writes = _Writes()
+    for app_id in sorted(touched):
+        application = fold_application(app_id, histories[app_id])
+        document = application.to_document()
+        report.anomalies += len(document.get("anomalies", []))
+        existing_followup = existing_followups.get(app_id)
+        change = merge_followup(
+            app_id,
+            application.followup,
+            existing_followup,
+            submitted_at=document.get("submitted_at"),
+        )
+        if change is not None:
+            if existing_followup is None:
+                writes.new_followups.append(
+                    {"_id": app_id, **change.set_on_insert, **change.set_fields}
+                )
+            else:
+                writes.followup_updates.append(
+                    UpdateOne({"_id": app_id}, {"$set": change.set_fields})
+                )
+            report.followups_opened += change.opened
+            report.followups_closed += change.closed
+            document["broker_followup_status"] = change.status
+        elif existing_followup is not None:
+            document["broker_followup_status"] = existing_followup.get("status")
+        if app_id not in existing_apps:
+            writes.new_apps.append(document)
+        elif _normalized(existing_apps[app_id]) != _normalized(document):
+            writes.changed_apps.append(document)
+    return writes
 
 
 def _letter(source: Source, reason: str, detail: str) -> DeadLetter:
