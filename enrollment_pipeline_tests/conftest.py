@@ -93,8 +93,10 @@ def services() -> Iterator[Services]:
 
 
 @pytest.fixture
-def kafka(services: Services) -> KafkaResource:
-    return KafkaResource(bootstrap_servers=services.kafka_bootstrap_servers)
+def kafka(services: Services) -> Iterator[KafkaResource]:
+    resource = KafkaResource(bootstrap_servers=services.kafka_bootstrap_servers)
+    yield resource
+    resource.close()
 
 
 @pytest.fixture
