@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 
+import dagster as dg
 import pytest
 from click.testing import CliRunner
 
 from enrollment_pipeline.cli import main
+from enrollment_pipeline.defs.ingestion.jobs import ingest_enrollment_events
 from enrollment_pipeline.defs.ingestion.ranges import PartitionRange, RangePlan
 from enrollment_pipeline.defs.ingestion.run import ingest_range
 from enrollment_pipeline.defs.mongo.resources import APPLICATIONS, DEAD_LETTERS
@@ -98,3 +100,23 @@ def test_dead_letters_list_show_and_redrive(cli, kafka, mongo, topic, lead_topic
     assert mongo.db()[APPLICATIONS].find_one({"_id": "APP-77"})["status"] == "SUBMITTED"
     assert mongo.db()[DEAD_LETTERS].find_one({"_id": letter["_id"]})["status"] == "REDRIVEN"
     assert letter["_id"] not in cli("dead-letters", "list").output
+
+
+def test_offsets_reset_is_refused_while_an_ingestion_run_is_in_flight(
+    cli, kafka, topic, tmp_path, monkeypatch
+):
+    kafka.produce_batch(topic, [f.record(f.submitted("APP-1", 0))])
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path))
+    with dg.DagsterInstance.get() as instance:
+        run = instance.create_run_for_job(
+            ingest_enrollment_events,
+            run_config={"ops": {"ingest_offset_range": {"config": {"topic": topic, "ranges": []}}}},
+            status=dg.DagsterRunStatus.STARTED,
+        )
+    refused = cli("offsets", "reset", "--to-offset", "0", "--yes")
+    assert refused.exit_code != 0
+    assert run.run_id in refused.output
+
+    with dg.DagsterInstance.get() as instance:
+        instance.report_run_failed(instance.get_run_by_id(run.run_id))
+    assert cli("offsets", "reset", "--to-offset", "0", "--yes").exit_code == 0
