@@ -6,7 +6,7 @@ leads written → offsets committed), with a phase breakdown from pymongo comman
 Also times the ingestion sensor's tick on a 12-partition topic.
 
 Run against the local stack:
-    enrollment-pipeline stack up && eval "$(enrollment-pipeline stack env)"
+    enrollment-pipeline stack up && export $(enrollment-pipeline stack env)
     .venv/bin/python benchmarks/ingest_throughput.py --events 50000
 """
 

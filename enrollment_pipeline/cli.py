@@ -62,7 +62,7 @@ def stack_up() -> None:
         sys.exit(1)
     console.print(
         f"Stack up in {time.monotonic() - started:.1f} s. "
-        'Point the pipeline at it with: eval "$(enrollment-pipeline stack env)"'
+        "Point the pipeline at it with: export $(enrollment-pipeline stack env)"
     )
 
 
@@ -100,9 +100,9 @@ def stack_status() -> None:
 
 @stack.command("env")
 def stack_env() -> None:
-    """Print KEY=VALUE lines for the running stack, ready for eval/export."""
+    """Print KEY=VALUE lines for the running stack: `export $(enrollment-pipeline stack env)`."""
     for key, value in _stack().env().items():
-        click.echo(f"export {key}={shlex.quote(value)}")
+        click.echo(f"{key}={shlex.quote(value)}")
 
 
 @stack.command("install")

@@ -166,7 +166,7 @@ class LocalStack:
         return result
 
     def env(self) -> dict[str, str]:
-        """The Contract-6 variables pointing at this stack, for `eval "$(… stack env)"`."""
+        """The Contract-6 variables for this stack, printed as `KEY=VALUE` lines by `stack env`."""
         p = self.pipeline
         values = {
             "KAFKA_BOOTSTRAP_SERVERS": self.kafka.bootstrap_servers,
