@@ -150,14 +150,14 @@ class Kafka:
         return ["java", "-cp", f"{self.libs}/*", *args]
 
     def up(self) -> None:
-        if self.daemon.pid() is not None:  # started earlier: only check that it answers
-            self.daemon.wait_ready(None, self.is_ready, timeout_s=self.timeout_s)
+        if self.daemon.already_up(
+            self.is_ready,
+            host=self.host,
+            port=self.port,
+            setting="STACK_KAFKA_PORT",
+            timeout_s=self.timeout_s,
+        ):
             return
-        if port_open(self.host, self.port):
-            raise ServiceError(
-                f"kafka: port {self.host}:{self.port} is taken by another process; "
-                "set STACK_KAFKA_PORT to a free port"
-            )
         self.install()
         self.dir.mkdir(parents=True, exist_ok=True)
         properties = self.dir / "server.properties"

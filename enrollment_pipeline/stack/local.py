@@ -45,14 +45,14 @@ class SmtpSink:
         )
 
     def up(self) -> None:
-        if self.daemon.pid() is not None:  # started earlier: only check that it answers
-            self.daemon.wait_ready(None, self.is_ready, timeout_s=self.timeout_s)
+        if self.daemon.already_up(
+            self.is_ready,
+            host=self.host,
+            port=self.port,
+            setting="STACK_SMTP_PORT",
+            timeout_s=self.timeout_s,
+        ):
             return
-        if port_open(self.host, self.port):
-            raise ServiceError(
-                f"smtp: port {self.host}:{self.port} is taken by another process; "
-                "set STACK_SMTP_PORT to a free port"
-            )
         self.maildir.mkdir(parents=True, exist_ok=True)
         proc = self.daemon.start(
             [

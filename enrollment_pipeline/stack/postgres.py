@@ -10,7 +10,7 @@ import signal
 import subprocess
 from pathlib import Path
 
-from enrollment_pipeline.stack.process import Daemon, ServiceError, port_open, run_checked
+from enrollment_pipeline.stack.process import Daemon, ServiceError, run_checked
 
 DATABASES = ("dagster", "ferretdb")
 DB_USER = "enrollment"
@@ -63,14 +63,14 @@ class Postgres:
         return f"{self.url_base}/{database}"
 
     def up(self) -> None:
-        if self.daemon.pid() is not None:  # started earlier: only check that it answers
-            self.daemon.wait_ready(None, self.is_ready, timeout_s=self.timeout_s)
+        if self.daemon.already_up(
+            self.is_ready,
+            host=self.host,
+            port=self.port,
+            setting="STACK_POSTGRES_PORT",
+            timeout_s=self.timeout_s,
+        ):
             return
-        if port_open(self.host, self.port):
-            raise ServiceError(
-                f"postgres: port {self.host}:{self.port} is taken by another process; "
-                "set STACK_POSTGRES_PORT to a free port"
-            )
         bin_dir = find_bin_dir()
         user = _server_user()
         self.dir.mkdir(parents=True, exist_ok=True)

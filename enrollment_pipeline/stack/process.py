@@ -82,6 +82,20 @@ class Daemon:
         self.pid_file.write_text(str(proc.pid))
         return proc
 
+    def already_up(
+        self, is_ready: Callable[[], bool], *, host: str, port: int, setting: str, timeout_s: float
+    ) -> bool:
+        """True when started earlier (once it answers); an error when a stranger has the port."""
+        if self.pid() is not None:
+            self.wait_ready(None, is_ready, timeout_s=timeout_s)
+            return True
+        if port_open(host, port):
+            raise ServiceError(
+                f"{self.name}: port {host}:{port} is taken by another process; "
+                f"set {setting} to a free port"
+            )
+        return False
+
     def wait_ready(
         self, proc: subprocess.Popen | None, is_ready: Callable[[], bool], *, timeout_s: float
     ) -> None:

@@ -16,11 +16,11 @@ from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
 
-import boto3
-from botocore.config import Config
 from botocore.exceptions import ClientError
 from dagster_aws.utils import ResourceWithBoto3Configuration
 from pydantic import Field
+
+from enrollment_pipeline.defs.aws import boto3_client
 
 SUFFIXES = (".jsonl", ".jsonl.gz")
 
@@ -54,18 +54,7 @@ class ArchiveResource(ResourceWithBoto3Configuration):
         return bucket, prefix.strip("/")
 
     def _s3(self):
-        session = boto3.session.Session(profile_name=self.profile_name)
-        return session.client(
-            "s3",
-            region_name=self.region_name,
-            endpoint_url=self.endpoint_url,
-            use_ssl=self.use_ssl,
-            verify=self.verify,
-            aws_access_key_id=self.aws_access_key_id,
-            aws_secret_access_key=self.aws_secret_access_key,
-            aws_session_token=self.aws_session_token,
-            config=Config(retries={"max_attempts": self.max_attempts, "mode": "standard"}),
-        )
+        return boto3_client(self, "s3")
 
     def files_for_day(self, day: date) -> list[str]:
         """Names of the day's files that exist (none is an empty day, not an error)."""

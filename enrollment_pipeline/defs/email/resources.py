@@ -13,12 +13,12 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from email.message import EmailMessage as MimeMessage
 
-import boto3
 import dagster as dg
-from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 from dagster_aws.utils import ResourceWithBoto3Configuration
 from pydantic import Field
+
+from enrollment_pipeline.defs.aws import boto3_client
 
 
 @dataclass(frozen=True)
@@ -95,22 +95,7 @@ class SesEmailSender(ResourceWithBoto3Configuration, EmailSender):
     sender: str = Field(description="EMAIL_FROM, a verified SES identity")
 
     def _client(self):
-        session = boto3.session.Session(profile_name=self.profile_name)
-        return session.client(
-            "sesv2",
-            region_name=self.region_name,
-            endpoint_url=self.endpoint_url,
-            use_ssl=self.use_ssl,
-            verify=self.verify,
-            aws_access_key_id=self.aws_access_key_id,
-            aws_secret_access_key=self.aws_secret_access_key,
-            aws_session_token=self.aws_session_token,
-            config=Config(
-                retries={"max_attempts": self.max_attempts, "mode": "standard"},
-                connect_timeout=5,
-                read_timeout=15,
-            ),
-        )
+        return boto3_client(self, "sesv2", connect_timeout=5, read_timeout=15)
 
     def send(self, email: OutgoingEmail) -> str:
         try:
