@@ -124,22 +124,10 @@ class Postgres:
         return probe.returncode == 0
 
     def _ensure_database(self, bin_dir: Path, database: str, user: str | None) -> None:
-        postgres_bin = bin_dir / "postgres"
-        psql = shutil.which("psql") or str(postgres_bin.parent / "psql")
+        psql = [str(bin_dir / "psql"), "-h", self.host, "-p", str(self.port), "-U", DB_USER]
+        psql += ["-d", "postgres"]
         exists = subprocess.run(
-            [
-                psql,
-                "-h",
-                self.host,
-                "-p",
-                str(self.port),
-                "-U",
-                DB_USER,
-                "-d",
-                "postgres",
-                "-tAc",
-                f"SELECT 1 FROM pg_database WHERE datname = '{database}'",
-            ],
+            [*psql, "-tAc", f"SELECT 1 FROM pg_database WHERE datname = '{database}'"],
             capture_output=True,
             text=True,
             check=False,
@@ -152,19 +140,7 @@ class Postgres:
         if exists.stdout.strip() != "1":
             run_checked(
                 f"postgres createdb {database}",
-                [
-                    psql,
-                    "-h",
-                    self.host,
-                    "-p",
-                    str(self.port),
-                    "-U",
-                    DB_USER,
-                    "-d",
-                    "postgres",
-                    "-c",
-                    f'CREATE DATABASE "{database}"',
-                ],
+                [*psql, "-c", f'CREATE DATABASE "{database}"'],
                 log_file=self.daemon.log_file,
                 timeout_s=60,
             )
