@@ -16,6 +16,7 @@ from itertools import pairwise
 
 import pytest
 
+from enrollment_pipeline.domain.events import EnrollmentEvent, Rejection, parse_record
 from enrollment_pipeline.sample_data import (
     BAD_KINDS,
     EVENT_TYPES,
@@ -423,10 +424,6 @@ def test_invalid_arguments_are_refused():
 
 
 def test_good_records_parse_and_bad_ones_are_rejected(dirty):
-    events = pytest.importorskip("enrollment_pipeline.domain.events")
-    parse_record = getattr(events, "parse_record", None)
-    if parse_record is None:
-        pytest.skip("enrollment_pipeline.domain.events.parse_record does not exist yet")
     # The contract's reason codes for the kinds that have exactly one cause.
     reasons = {
         "null_key": "null_key",
@@ -437,8 +434,8 @@ def test_good_records_parse_and_bad_ones_are_rejected(dirty):
         parsed = parse_record(record.key, record.value)
         if record.is_bad:
             why = (record.bad_kind, record.bad_detail, parsed)
-            assert isinstance(parsed, events.Rejection), why
+            assert isinstance(parsed, Rejection), why
             if record.bad_kind in reasons:
                 assert str(parsed.reason) == reasons[record.bad_kind], why
         else:
-            assert isinstance(parsed, events.EnrollmentEvent), (record.event, parsed)
+            assert isinstance(parsed, EnrollmentEvent), (record.event, parsed)
