@@ -96,3 +96,27 @@ def withdrawn(app_id: str, minutes: float, **kw) -> dict[str, Any]:
 def record(evt: dict[str, Any]) -> tuple[bytes, bytes]:
     """The Kafka (key, value) of an event."""
     return evt["application_id"].encode(), json.dumps(evt).encode()
+
+
+# One complete ApplicationSubmitted as it arrives on the wire, for schema and parser tests.
+SUBMITTED_WIRE: dict[str, Any] = {
+    "event_id": "evt-1",
+    "event_type": "ApplicationSubmitted",
+    "schema_version": 1,
+    "occurred_at": "2026-11-26T10:00:00Z",
+    "application_id": "APP-1",
+    "payload": {
+        "applicant": {
+            "first_name": "Ada",
+            "last_name": "Lovelace",
+            "email": "ada@example.com",
+            "phone": "+1-555-0100",
+            "state": "CA",
+            "date_of_birth": "1990-12-10",
+        },
+        "plan": {"plan_id": "PLN-1", "product": "DENTAL", "coverage_start": "2027-01-01"},
+        "channel": "BROKER",
+        "broker": {"broker_id": "BRK-1", "name": "Bob Broker", "email": "bob@brokers.test"},
+        "marketing_consent": True,
+    },
+}

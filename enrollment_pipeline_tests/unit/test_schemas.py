@@ -12,30 +12,9 @@ import pytest
 
 from enrollment_pipeline.domain.events import EnrollmentEvent, parse_archive_line
 from enrollment_pipeline.domain.leads import LeadEvent, lead_events
+from enrollment_pipeline_tests.factories import SUBMITTED_WIRE as SUBMITTED
 
 SCHEMAS = Path(__file__).resolve().parents[2] / "schemas"
-
-SUBMITTED: dict[str, Any] = {
-    "event_id": "evt-1",
-    "event_type": "ApplicationSubmitted",
-    "schema_version": 1,
-    "occurred_at": "2026-11-26T10:00:00Z",
-    "application_id": "APP-1",
-    "payload": {
-        "applicant": {
-            "first_name": "Ada",
-            "last_name": "Lovelace",
-            "email": "ada@example.com",
-            "phone": "+1-555-0100",
-            "state": "CA",
-            "date_of_birth": "1990-12-10",
-        },
-        "plan": {"plan_id": "PLN-1", "product": "DENTAL", "coverage_start": "2027-01-01"},
-        "channel": "BROKER",
-        "broker": {"broker_id": "BRK-1", "name": "Bob Broker", "email": "bob@brokers.test"},
-        "marketing_consent": True,
-    },
-}
 
 VALID_PAYLOADS: list[tuple[str, dict[str, Any]]] = [
     ("ApplicationSubmitted", SUBMITTED["payload"]),
