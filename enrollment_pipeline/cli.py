@@ -31,7 +31,29 @@ def _stack() -> LocalStack:
     return LocalStack(StackSettings(), PipelineSettings())
 
 
-@click.group()
+class _Commands(click.Group):
+    """Fails with one clear line when MongoDB is unreachable or stalled, not a traceback."""
+
+    def invoke(self, ctx: click.Context):
+        from pymongo.errors import ConnectionFailure, PyMongoError
+
+        from enrollment_pipeline.defs.mongo.resources import (
+            MongoUnavailableError,
+            mongo_from_settings,
+        )
+
+        try:
+            return super().invoke(ctx)
+        except MongoUnavailableError as exc:
+            raise click.ClickException(str(exc)) from exc
+        except PyMongoError as exc:
+            if not (exc.timeout or isinstance(exc, ConnectionFailure)):
+                raise
+            message = mongo_from_settings(PipelineSettings()).unavailable_message(exc)
+            raise click.ClickException(message) from exc
+
+
+@click.group(cls=_Commands)
 def main() -> None:
     """Kafka enrollment events -> Dagster -> MongoDB read model, follow-ups and CRM leads."""
 
@@ -86,7 +108,9 @@ def stack_status() -> None:
         rows=[
             (
                 row.name,
-                "[green]running[/]" if row.running else "[red]stopped[/]",
+                {"running": "[green]running[/]", "hung": "[red]hung[/] (restart: stack up)"}.get(
+                    row.state, f"[red]{row.state}[/]"
+                ),
                 str(row.pid or ""),
                 row.address,
                 str(row.log_file),
@@ -231,7 +255,7 @@ def demo(applications: int, port: int) -> None:
 def _pipeline(with_store: bool = True):
     """The Kafka resource and the store, from the Contract-6 environment."""
     from enrollment_pipeline.defs.kafka.resources import KafkaResource
-    from enrollment_pipeline.defs.mongo.resources import MongoResource
+    from enrollment_pipeline.defs.mongo.resources import mongo_from_settings
     from enrollment_pipeline.defs.mongo.store import EnrollmentStore
 
     settings = PipelineSettings()
@@ -247,9 +271,10 @@ def _pipeline(with_store: bool = True):
     )
     if not with_store:
         return settings, kafka, None
-    mongo = MongoResource(uri=settings.mongo_uri, database=settings.mongo_database)
-    mongo.ensure_indexes()
-    return settings, kafka, EnrollmentStore(mongo.db())
+    mongo = mongo_from_settings(settings)
+    with mongo.explained_errors():
+        mongo.ensure_indexes()
+    return settings, kafka, EnrollmentStore.of(mongo)
 
 
 def _in_flight_ingestion() -> list[str]:

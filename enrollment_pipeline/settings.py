@@ -40,6 +40,10 @@ class PipelineSettings(BaseSettings):
 
     mongo_uri: str = "mongodb://127.0.0.1:27017/"
     mongo_database: str = "enrollment"
+    # How long one MongoDB command may take: a stalled server fails the run, never hangs it.
+    mongo_timeout_ms: int = Field(default=30_000, ge=100)
+    # Statements per update command; unset: chosen by engine (see defs/mongo/writes.py).
+    mongo_max_writes_per_command: int | None = Field(default=None, ge=1)
 
     email_backend: Literal["smtp", "ses"] = "smtp"
     smtp_host: str = "127.0.0.1"

@@ -14,7 +14,7 @@ from enrollment_pipeline.defs.archive.resources import ArchiveResource
 from enrollment_pipeline.defs.crm.resources import CrmClient
 from enrollment_pipeline.defs.email.resources import SesEmailSender, SmtpEmailSender
 from enrollment_pipeline.defs.kafka.resources import KafkaResource
-from enrollment_pipeline.defs.mongo.resources import MongoResource
+from enrollment_pipeline.defs.mongo.resources import mongo_from_settings
 from enrollment_pipeline.settings import PipelineSettings
 
 
@@ -51,9 +51,8 @@ def build_resources(settings: PipelineSettings | None = None) -> dict[str, objec
             ssl_cafile=s.kafka_ssl_cafile,
         ),
         # MONGO_URI may carry credentials: resolve it at launch, keep it out of the UI.
-        "mongo": MongoResource(
-            uri=dg.EnvVar("MONGO_URI") if os.environ.get("MONGO_URI") else s.mongo_uri,
-            database=s.mongo_database,
+        "mongo": mongo_from_settings(
+            s, uri=dg.EnvVar("MONGO_URI") if os.environ.get("MONGO_URI") else None
         ),
         "email": email_sender,
         "archive": ArchiveResource(

@@ -23,10 +23,14 @@ from enrollment_pipeline.stack.process import Daemon, ServiceError, port_open
 @dataclass(frozen=True)
 class ServiceStatus:
     name: str
-    running: bool
+    state: str  # running | stopped | hung (alive, but does not answer its health check)
     pid: int | None
     address: str
     log_file: Path
+
+    @property
+    def running(self) -> bool:
+        return self.state == "running"
 
 
 class SmtpSink:
@@ -154,10 +158,14 @@ class LocalStack:
         result = []
         for service in self.services:
             pid = service.daemon.pid()
+            if service is self.mongo:
+                state = self.mongo.state()
+            else:
+                state = "running" if pid is not None else "stopped"
             result.append(
                 ServiceStatus(
                     name=service.daemon.name,
-                    running=pid is not None,
+                    state=state,
                     pid=pid,
                     address=addresses[service.name],
                     log_file=service.daemon.log_file,

@@ -12,6 +12,12 @@ from pathlib import Path
 from enrollment_pipeline.stack.process import Daemon, ServiceError, port_open, run_checked
 
 FERRETDB_MODULE = "github.com/FerretDB/FerretDB"
+# FerretDB's PostgreSQL pool. Each update statement of a command holds one connection until
+# the command ends (see defs/mongo/writes.py), and the default pool of 50 is shared by every
+# client: room for many concurrent writers. PostgreSQL's max_connections is set to match.
+FERRETDB_POOL_MAX_CONNS = 200
+# How long a health check waits for `ping`: a server that takes longer is hung.
+PING_TIMEOUT_MS = 3_000
 
 
 def choose_engine(engine: str) -> str:
@@ -118,6 +124,10 @@ class MongoWire:
             staged.rename(self.ferretdb_bin)
 
     def up(self) -> None:
+        if self.state() == "hung":
+            # Alive but deaf (FerretDB's backend pool exhausted, say): only a restart helps.
+            self.daemon.log(f"{self.daemon.name} did not answer ping: restarting it")
+            self.daemon.stop(timeout_s=10)
         if self.daemon.already_up(
             self.is_ready,
             host=self.host,
@@ -144,7 +154,7 @@ class MongoWire:
                 str(self.ferretdb_bin),
                 f"--listen-addr={self.host}:{self.port}",
                 "--handler=postgresql",
-                f"--postgresql-url={self.postgres_url}",
+                f"--postgresql-url={self.postgres_url}?pool_max_conns={FERRETDB_POOL_MAX_CONNS}",
                 f"--state-dir={self.dir}",
                 "--telemetry=disable",
                 "--debug-addr=-",
@@ -154,13 +164,28 @@ class MongoWire:
         self.daemon.wait_ready(proc, self.is_ready, timeout_s=self.timeout_s)
 
     def is_ready(self) -> bool:
+        """Listens and answers `ping` within PING_TIMEOUT_MS (a hung server does not)."""
         if not port_open(self.host, self.port):
             return False
         from pymongo import MongoClient
 
-        with MongoClient(self.uri, serverSelectionTimeoutMS=1000) as client:
+        with MongoClient(
+            self.uri,
+            serverSelectionTimeoutMS=PING_TIMEOUT_MS,
+            connectTimeoutMS=PING_TIMEOUT_MS,
+            socketTimeoutMS=PING_TIMEOUT_MS,
+        ) as client:
             client.admin.command("ping")
         return True
+
+    def state(self) -> str:
+        """`running`, `stopped`, or `hung`: the process lives but does not answer `ping`."""
+        if self.daemon.pid() is None:
+            return "stopped"
+        try:
+            return "running" if self.is_ready() else "hung"
+        except Exception:  # a timeout or a dropped connection: it does not answer
+            return "hung"
 
     def down(self) -> bool:
         return self.daemon.stop(timeout_s=30)

@@ -14,6 +14,7 @@ from enrollment_pipeline.stack.process import Daemon, ServiceError, run_checked
 
 DATABASES = ("dagster", "ferretdb")
 DB_USER = "enrollment"
+MAX_CONNECTIONS = 300
 
 
 def find_bin_dir() -> Path:
@@ -108,7 +109,8 @@ class Postgres:
                 "-c",
                 "fsync=on",
                 "-c",
-                "max_connections=200",
+                # FerretDB's pool (stack/mongo.py) plus Dagster's storage and the tools.
+                f"max_connections={MAX_CONNECTIONS}",
             ],
             user=user,
         )

@@ -82,6 +82,12 @@ class Daemon:
         self.pid_file.write_text(str(proc.pid))
         return proc
 
+    def log(self, message: str) -> None:
+        """One line in the service's log, e.g. why the stack restarted it."""
+        self.log_file.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log_file, "a") as log:
+            log.write(f"--- {time.strftime('%Y-%m-%dT%H:%M:%S')} {message}\n")
+
     def already_up(
         self, is_ready: Callable[[], bool], *, host: str, port: int, setting: str, timeout_s: float
     ) -> bool:

@@ -43,7 +43,7 @@ class Pipeline:
 
     def __init__(self, kafka: KafkaResource, mongo: MongoResource, topic: str, lead_topic: str):
         self.kafka, self.mongo, self.topic, self.lead_topic = kafka, mongo, topic, lead_topic
-        self.store = EnrollmentStore(mongo.db())
+        self.store = EnrollmentStore.of(mongo)
 
     def produce(self, records: list[tuple[bytes | None, bytes]]) -> None:
         self.kafka.produce_batch(self.topic, records)

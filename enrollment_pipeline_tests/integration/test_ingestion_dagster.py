@@ -94,7 +94,7 @@ def test_sensor_requests_exact_ranges_and_the_run_applies_them(env, instance, ka
         "consumer_lag": True,
     }
     for group in ENROLLMENT_GROUPS:
-        assert EnrollmentStore(mongo.db()).committed_offsets(group, topic) == ends
+        assert EnrollmentStore.of(mongo).committed_offsets(group, topic) == ends
 
     assert isinstance(tick(instance, kafka, mongo), dg.SkipReason)  # nothing left
 

@@ -38,7 +38,7 @@ def cli(monkeypatch, services, mongo, topic, lead_topic):
 
 
 def ingest_all(kafka, mongo, topic, lead_topic):
-    store = EnrollmentStore(mongo.db())
+    store = EnrollmentStore.of(mongo)
     committed = store.committed_offsets(READ_MODEL_GROUP, topic)
     ranges = tuple(
         PartitionRange(p, committed.get(p, 0), end)
@@ -62,7 +62,7 @@ def test_offsets_show_and_reset_for_a_replay(cli, kafka, mongo, topic, lead_topi
 
     reset = cli("offsets", "reset", "--to-offset", "0", "--yes", "--force")
     assert reset.exit_code == 0, reset.output
-    store = EnrollmentStore(mongo.db())
+    store = EnrollmentStore.of(mongo)
     for group in ENROLLMENT_GROUPS:
         assert store.committed_offsets(group, topic) == dict.fromkeys(ends, 0)
         in_kafka = {k: v for k, v in kafka.group_offsets(group).items() if k[0] == topic}

@@ -65,7 +65,7 @@ def dead_letter_rate(mongo: MongoResource) -> dg.AssetCheckResult:
 def consumer_lag(kafka: KafkaResource, mongo: MongoResource) -> dg.AssetCheckResult:
     """Events on the topic not yet applied (INGEST_MAX_CONSUMER_LAG)."""
     settings = PipelineSettings()
-    committed = EnrollmentStore(mongo.db()).committed_offsets(
+    committed = EnrollmentStore.of(mongo).committed_offsets(
         READ_MODEL_GROUP, settings.enrollment_topic
     )
     left = lag(committed, kafka.end_offsets(settings.enrollment_topic))

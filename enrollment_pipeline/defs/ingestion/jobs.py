@@ -51,14 +51,15 @@ def ingest_offset_range(
         config.topic,
         tuple(PartitionRange(r.partition, r.start, r.end) for r in config.ranges),
     )
-    result = ingest_range(
-        kafka,
-        EnrollmentStore(mongo.db()),
-        plan,
-        lead_topic=settings.lead_topic,
-        max_record_bytes=settings.ingest_max_record_bytes,
-        run_id=context.run_id,
-    )
+    with mongo.explained_errors():  # a stalled server fails the run; the sensor retries
+        result = ingest_range(
+            kafka,
+            EnrollmentStore.of(mongo),
+            plan,
+            lead_topic=settings.lead_topic,
+            max_record_bytes=settings.ingest_max_record_bytes,
+            run_id=context.run_id,
+        )
     report = result.report
     ranges = {str(r.partition): f"[{r.start}, {r.end})" for r in plan.ranges}
     common = {"offset_ranges": ranges, "events_read": report.events_read}

@@ -141,9 +141,5 @@ def redrive(
             )
         }
     redriven = [s.id for s, _ in parsed if s.id not in conflicts]
-    if redriven:
-        store.db[DEAD_LETTERS].update_many(
-            {"_id": {"$in": redriven}},
-            {"$set": {"status": "REDRIVEN", "redriven_at": datetime.now(UTC)}},
-        )
+    store.mark_redriven(redriven, now=datetime.now(UTC))
     return RedriveResult(redriven, rejected, report)

@@ -53,7 +53,8 @@ def enrollment_events_sensor(
     settings = PipelineSettings()
     topic = settings.enrollment_topic
     ends = kafka.end_offsets(topic)
-    committed = EnrollmentStore(mongo.db()).committed_offsets(READ_MODEL_GROUP, topic)
+    with mongo.explained_errors():
+        committed = EnrollmentStore.of(mongo).committed_offsets(READ_MODEL_GROUP, topic)
     job_name = ingest_enrollment_events.name
     plan = plan_ranges(
         topic,

@@ -1,8 +1,10 @@
-"""The Contract-2 collections as the batch jobs use them: a constant number of commands a batch.
+"""The Contract-2 collections as the batch jobs use them: few commands a batch.
 
-Every read takes one `$in` query per collection and every write one bulk command, because on
-FerretDB each query is a scan, and on MongoDB round trips dominate. Nothing here needs
-transactions: each write is idempotent, so a crash between two of them is healed by a rerun.
+Every read takes one `$in` query per collection, because on FerretDB each query is a scan
+and on MongoDB round trips dominate. Every write goes through the `BoundedWriter`, which
+splits it into commands a FerretDB server can take (`defs/mongo/writes.py`). Nothing here
+needs transactions: each write is idempotent, so a crash between two of them is healed by a
+rerun.
 """
 
 from __future__ import annotations
@@ -15,7 +17,6 @@ from typing import Any
 
 from pymongo import ReplaceOne, UpdateOne
 from pymongo.database import Database
-from pymongo.errors import BulkWriteError
 
 from enrollment_pipeline.defs.mongo.resources import (
     APPLICATIONS,
@@ -24,7 +25,9 @@ from enrollment_pipeline.defs.mongo.resources import (
     DEAD_LETTERS,
     ENROLLMENT_EVENTS,
     LEAD_PUBLICATIONS,
+    MongoResource,
 )
+from enrollment_pipeline.defs.mongo.writes import BoundedWriter
 from enrollment_pipeline.domain.events import EnrollmentEvent
 
 
@@ -49,8 +52,14 @@ class StoredEventInfo:
 class EnrollmentStore:
     """Reads and writes of one batch, over the pipeline's database."""
 
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, writer: BoundedWriter | None = None) -> None:
         self.db = db
+        self.writer = writer or BoundedWriter()
+
+    @classmethod
+    def of(cls, mongo: MongoResource) -> EnrollmentStore:
+        """The store over a resource's database, with the write limits of its engine."""
+        return cls(mongo.db(), mongo.writer())
 
     # -- the event store -------------------------------------------------------------------
 
@@ -93,17 +102,11 @@ class EnrollmentStore:
         ]
         return self._insert_new(ENROLLMENT_EVENTS, docs)
 
-    def _insert_new(self, collection: str, docs: list[dict]) -> int:
-        """insert_many that skips documents whose `_id` exists (code 11000 only)."""
-        if not docs:
-            return 0
-        try:
-            return len(self.db[collection].insert_many(docs, ordered=False).inserted_ids)
-        except BulkWriteError as exc:
-            errors = exc.details.get("writeErrors", [])
-            if any(error.get("code") != 11000 for error in errors):
-                raise
-            return exc.details.get("nInserted", len(docs) - len(errors))
+    def _insert_new(self, collection: str, docs: Sequence[dict]) -> int:
+        return self.writer.insert_new(self.db[collection], docs)
+
+    def _bulk_write(self, collection: str, ops: Sequence[Any]) -> None:
+        self.writer.bulk_write(self.db[collection], ops)
 
     def events_of(self, application_ids: Iterable[str]) -> dict[str, list[EnrollmentEvent]]:
         """Every stored event of these applications, grouped by application."""
@@ -144,18 +147,16 @@ class EnrollmentStore:
         return {d["_id"]: d for d in self.db[APPLICATIONS].find({"_id": {"$in": ids}})}
 
     def write_applications(self, new: Sequence[dict], changed: Sequence[dict]) -> None:
-        """Insert new application documents, replace changed ones (two commands at most)."""
-        self._insert_new(APPLICATIONS, list(new))
-        if changed:
-            self.db[APPLICATIONS].bulk_write(
-                [ReplaceOne({"_id": d["_id"]}, d, upsert=True) for d in changed], ordered=False
-            )
+        """Insert new application documents, replace changed ones."""
+        self._insert_new(APPLICATIONS, new)
+        self._bulk_write(
+            APPLICATIONS, [ReplaceOne({"_id": d["_id"]}, d, upsert=True) for d in changed]
+        )
 
     def write_followups(self, new: Sequence[dict], updates: Sequence[UpdateOne]) -> None:
         """Insert new queue documents, update existing ones (fold-owned fields only)."""
-        self._insert_new(BROKER_FOLLOWUPS, list(new))
-        if updates:
-            self.db[BROKER_FOLLOWUPS].bulk_write(list(updates), ordered=False)
+        self._insert_new(BROKER_FOLLOWUPS, new)
+        self._bulk_write(BROKER_FOLLOWUPS, updates)
 
     # -- dead letters ----------------------------------------------------------------------
 
@@ -185,7 +186,17 @@ class EnrollmentStore:
             )
             for letter in letters
         ]
-        self.db[DEAD_LETTERS].bulk_write(ops, ordered=False)
+        self._bulk_write(DEAD_LETTERS, ops)
+
+    def mark_redriven(self, letter_ids: Sequence[str], *, now: datetime) -> None:
+        """Close dead letters whose input was applied after a fix."""
+        self._bulk_write(
+            DEAD_LETTERS,
+            [
+                UpdateOne({"_id": i}, {"$set": {"status": "REDRIVEN", "redriven_at": now}})
+                for i in letter_ids
+            ],
+        )
 
     # -- offsets -----------------------------------------------------------------------------
 
@@ -221,5 +232,4 @@ class EnrollmentStore:
             for group in groups
             for partition, offset in offsets.items()
         ]
-        if ops:
-            self.db[CONSUMER_OFFSETS].bulk_write(ops, ordered=False)
+        self._bulk_write(CONSUMER_OFFSETS, ops)

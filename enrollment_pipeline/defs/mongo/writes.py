@@ -1,0 +1,75 @@
+"""Every multi-document write of the pipeline, split into commands a server can take.
+
+FerretDB v1 on PostgreSQL holds one backend pool connection per update statement until the
+whole command ends; an update command with more statements than the pool has connections
+(`pool_max_conns`, 50 by default) waits for a connection that never comes, and from then on
+the server answers nothing, `ping` included. The limit is shared by every client at once.
+So updates go out in commands of at most `updates_per_command` statements, small enough
+for several jobs writing together; MongoDB has no such limit and keeps large commands.
+Inserts of new documents do not hold connections that way, but are chunked too, so no single
+command runs longer than the client's timeout.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from pymongo.collection import Collection
+from pymongo.errors import BulkWriteError
+from pymongo.operations import DeleteOne, ReplaceOne, UpdateMany, UpdateOne
+
+DUPLICATE_KEY = 11000
+
+# Defaults by engine (MONGO_MAX_WRITES_PER_COMMAND overrides them). On FerretDB: four
+# concurrent writers of 10 statements each stay under its default pool of 50, with room for
+# pings and reads (benchmarks/write_commands.py measures the cost of the split).
+FERRETDB_UPDATES_PER_COMMAND = 10
+MONGODB_UPDATES_PER_COMMAND = 1_000
+INSERTS_PER_COMMAND = 1_000
+
+WriteOp = UpdateOne | ReplaceOne | UpdateMany | DeleteOne
+T = TypeVar("T")
+
+
+def chunks(items: Sequence[T], size: int) -> Iterator[Sequence[T]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+@dataclass(frozen=True)
+class BoundedWriter:
+    """Splits bulk writes into commands of a bounded number of statements."""
+
+    updates_per_command: int = FERRETDB_UPDATES_PER_COMMAND
+    inserts_per_command: int = INSERTS_PER_COMMAND
+
+    def __post_init__(self) -> None:
+        if self.updates_per_command < 1 or self.inserts_per_command < 1:
+            raise ValueError("statements per command must be at least 1")
+
+    def bulk_write(self, collection: Collection, ops: Sequence[WriteOp]) -> int:
+        """Apply `ops` (unordered) in bounded commands; returns the number of commands."""
+        commands = 0
+        for chunk in chunks(list(ops), self.updates_per_command):
+            collection.bulk_write(list(chunk), ordered=False)
+            commands += 1
+        return commands
+
+    def insert_new(self, collection: Collection, docs: Sequence[dict[str, Any]]) -> int:
+        """Insert documents, skipping those whose `_id` exists (code 11000 only).
+
+        Returns how many were inserted. A duplicate is how a rerun finds its own earlier
+        work, so it is not an error; any other write error is.
+        """
+        inserted = 0
+        for chunk in chunks(list(docs), self.inserts_per_command):
+            try:
+                inserted += len(collection.insert_many(list(chunk), ordered=False).inserted_ids)
+            except BulkWriteError as exc:
+                errors = exc.details.get("writeErrors", [])
+                if any(error.get("code") != DUPLICATE_KEY for error in errors):
+                    raise
+                inserted += exc.details.get("nInserted", len(chunk) - len(errors))
+        return inserted
