@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import tempfile
 import uuid
 from collections.abc import Iterator
@@ -24,6 +25,9 @@ from enrollment_pipeline.defs.kafka.resources import KafkaResource
 from enrollment_pipeline.defs.mongo.resources import MongoResource
 from enrollment_pipeline.settings import PipelineSettings, StackSettings
 from enrollment_pipeline.stack.local import LocalStack
+from enrollment_pipeline.stack.mongo import MongoWire
+from enrollment_pipeline.stack.postgres import Postgres
+from enrollment_pipeline_tests.pipeline import Pipeline
 
 
 @dataclass(frozen=True)
@@ -125,3 +129,42 @@ def mongo(services: Services) -> Iterator[MongoResource]:
     yield resource
     resource.client().drop_database(resource.database)
     resource.client().close()
+
+
+@pytest.fixture
+def own_mongo_server() -> Iterator[MongoWire]:
+    """A MongoDB-wire server of this test's own (with its PostgreSQL for FerretDB).
+
+    For tests that stop the server (SIGSTOP) or exhaust it: the session's server stays
+    untouched. Same engine as `stack up` picks (STACK_MONGO_ENGINE).
+    """
+    state_dir = make_state_dir("enrollment-test-mongo-")
+    settings = private_stack_settings(state_dir)
+    postgres = Postgres(state_dir, settings.host, settings.postgres_port, settings.start_timeout_s)
+    server = MongoWire(
+        engine=settings.mongo_engine,
+        state_dir=state_dir,
+        cache_dir=settings.cache_dir,
+        ferretdb_version=settings.ferretdb_version,
+        host=settings.host,
+        port=settings.mongo_port,
+        postgres_url=postgres.url("ferretdb"),
+        timeout_s=settings.start_timeout_s,
+    )
+    try:
+        if server.engine == "ferretdb":
+            postgres.up()
+        server.up()
+        yield server
+    finally:
+        pid = server.daemon.pid()
+        if pid is not None:
+            os.kill(pid, signal.SIGCONT)  # a test that stopped it may have failed midway
+        server.down()
+        postgres.down()
+        shutil.rmtree(state_dir, ignore_errors=True)
+
+
+@pytest.fixture
+def pipeline(kafka, mongo, topic, lead_topic) -> Pipeline:
+    return Pipeline(kafka, mongo, topic, lead_topic)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import uuid
-from collections import Counter, defaultdict
+from collections import Counter
 from datetime import UTC, datetime
 
 import pytest
@@ -14,128 +14,24 @@ from hypothesis import strategies as st
 from kafka import KafkaAdminClient
 
 from enrollment_pipeline.defs.ingestion.batch import CHECKPOINTS
-from enrollment_pipeline.defs.ingestion.ranges import PartitionRange, RangePlan
-from enrollment_pipeline.defs.ingestion.run import IngestResult, StaleRangeError, ingest_range
+from enrollment_pipeline.defs.ingestion.run import StaleRangeError
 from enrollment_pipeline.defs.kafka.resources import KafkaResource
 from enrollment_pipeline.defs.mongo.resources import (
-    APPLICATIONS,
-    BROKER_FOLLOWUPS,
     CONSUMER_OFFSETS,
-    DEAD_LETTERS,
     MongoResource,
 )
-from enrollment_pipeline.defs.mongo.store import EnrollmentStore
-from enrollment_pipeline.domain.events import EnrollmentEvent, parse_record
 from enrollment_pipeline.domain.followup_queue import mongo_precision
-from enrollment_pipeline.domain.leads import lead_events
-from enrollment_pipeline.domain.projection import fold_application
 from enrollment_pipeline.sample_data import synthetic_records
 from enrollment_pipeline.settings import ENROLLMENT_GROUPS
 from enrollment_pipeline_tests import factories as f
+from enrollment_pipeline_tests.pipeline import (
+    Pipeline,
+    assert_read_model_is_the_fold,
+)
 
 pytestmark = pytest.mark.integration
 
 START = datetime(2026, 11, 1, tzinfo=UTC)
-
-
-class Pipeline:
-    """One test's topics and database, and the calls a run makes."""
-
-    def __init__(self, kafka: KafkaResource, mongo: MongoResource, topic: str, lead_topic: str):
-        self.kafka, self.mongo, self.topic, self.lead_topic = kafka, mongo, topic, lead_topic
-        self.store = EnrollmentStore.of(mongo)
-
-    def produce(self, records: list[tuple[bytes | None, bytes]]) -> None:
-        self.kafka.produce_batch(self.topic, records)
-
-    def plan(self, max_events: int | None = None) -> RangePlan:
-        """Everything after the committed offsets (optionally only the first events)."""
-        committed = self.store.committed_offsets("read-model-service", self.topic)
-        ends = self.kafka.end_offsets(self.topic)
-        ranges = []
-        for p, end in sorted(ends.items()):
-            start = committed.get(p, 0)
-            stop = end if max_events is None else min(end, start + max_events)
-            if stop > start:
-                ranges.append(PartitionRange(p, start, stop))
-        return RangePlan(self.topic, tuple(ranges))
-
-    def ingest(self, plan: RangePlan | None = None, **kwargs) -> IngestResult:
-        return ingest_range(
-            self.kafka, self.store, plan or self.plan(), lead_topic=self.lead_topic, **kwargs
-        )
-
-    def applications(self) -> dict[str, dict]:
-        return {d["_id"]: d for d in self.mongo.db()[APPLICATIONS].find()}
-
-    def followups(self) -> dict[str, dict]:
-        return {d["_id"]: d for d in self.mongo.db()[BROKER_FOLLOWUPS].find()}
-
-    def dead_letters(self) -> dict[str, dict]:
-        return {d["_id"]: d for d in self.mongo.db()[DEAD_LETTERS].find()}
-
-    def leads(self) -> list[dict]:
-        ends = self.kafka.end_offsets(self.lead_topic)
-        records = self.kafka.read_range(self.lead_topic, {p: (0, e) for p, e in ends.items()})
-        return [json.loads(r.value) for r in records]
-
-
-@pytest.fixture
-def pipeline(kafka, mongo, topic, lead_topic) -> Pipeline:
-    return Pipeline(kafka, mongo, topic, lead_topic)
-
-
-def _normalized(value):
-    if isinstance(value, dict):
-        return {k: _normalized(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_normalized(v) for v in value]
-    return mongo_precision(value)
-
-
-def expected_state(records: list[tuple[bytes | None, bytes]]):
-    """The fold of the log, computed here from the valid, first-seen events."""
-    by_app: dict[str, dict[str, EnrollmentEvent]] = defaultdict(dict)
-    for key, value in records:
-        parsed = parse_record(key, value)
-        if isinstance(parsed, EnrollmentEvent):
-            by_app[parsed.application_id].setdefault(parsed.event_id, parsed)
-    folds = {app: fold_application(app, events.values()) for app, events in by_app.items()}
-    leads = [lead for app, ev in by_app.items() for lead in lead_events(app, ev.values())]
-    return folds, leads
-
-
-def assert_read_model_is_the_fold(pipeline: Pipeline, records, *, in_order: bool = True) -> None:
-    """The read model and queue equal the fold of the log; each lead id is published once.
-
-    Leads are decided when their source event is applied, from the history known then. When
-    the log arrives in `occurred_at` order that is the whole log's lead list; when events
-    arrive late (`in_order=False`) it can differ, and only the once-only promise holds.
-    """
-    folds, leads = expected_state(records)
-    apps = pipeline.applications()
-    assert set(apps) == set(folds)
-    followups = pipeline.followups()
-    for app_id, application in folds.items():
-        expected = application.to_document()
-        requirement = application.followup
-        expected["broker_followup_status"] = requirement.state if requirement else None
-        assert _normalized(apps[app_id]) == _normalized(expected), app_id
-        if requirement is None:
-            assert app_id not in followups
-        else:
-            doc = followups[app_id]
-            assert (doc["status"], doc["broker_id"], doc["broker_email"]) == (
-                requirement.state,
-                requirement.broker_id,
-                requirement.broker_email,
-            )
-            assert doc["signature_obtained"] == (requirement.state == "SIGNED")
-    published = pipeline.leads()
-    ids = [lead["lead_event_id"] for lead in published]
-    assert len(ids) == len(set(ids)), "a lead id was published twice"
-    if in_order:
-        assert sorted(ids) == sorted(lead.lead_event_id for lead in leads)
 
 
 def test_happy_path_over_three_partitions_and_a_thousand_applications(pipeline: Pipeline):
