@@ -19,7 +19,12 @@ from enrollment_pipeline.domain.events import (
     EventType,
     Product,
 )
-from enrollment_pipeline.domain.projection import Application, FoldStep, fold_history
+from enrollment_pipeline.domain.projection import (
+    TERMINAL_STATUSES,
+    Application,
+    FoldStep,
+    fold_history,
+)
 
 # Fixed forever: changing it would give every replayed lead a new id (double delivery).
 LEAD_NAMESPACE = uuid.UUID("0b5a8f2e-6d2c-5c61-9a43-6f1d7e3c2a10")
@@ -90,39 +95,53 @@ def _contact_or_plan_changed(before: Application, after: Application) -> bool:
     return LeadContact.of(before.applicant) != LeadContact.of(after.applicant)
 
 
-def lead_events(application_id: str, events: Iterable[EnrollmentEvent]) -> list[LeadEvent]:
-    """All leads of an application's full history, in fold order, at most one per event.
+def lead_is_open(state: Application) -> bool:
+    """A lead is open from its NEW until LOST or CONVERTED: exactly while the application is
+    submitted, not terminal, with consent. So it follows from the fold's state alone, and
+    leads can be derived from a saved state as well as from the whole history."""
+    return (
+        state.status is not None
+        and state.status not in TERMINAL_STATUSES
+        and state.marketing_consent is True
+    )
 
-    A lead is "open" from the first NEW until LOST or CONVERTED. Revoking consent while
-    open emits one LOST (contact and product as they were before the revoke) and nothing
-    follows; granting consent again later opens a fresh lead with NEW, because the CRM
-    dropped the contact on LOST and must be told to start again. UPDATED is emitted only
-    when a contact field (first_name, last_name, email, phone, state) or the plan actually
-    changed value; a date-of-birth-only update changes nothing the CRM sees.
+
+def lead_events(
+    application_id: str, events: Iterable[EnrollmentEvent], *, start: Application | None = None
+) -> list[LeadEvent]:
+    """The leads of an application's history, in fold order, at most one per event (from a
+    saved `start` state: the leads of the events that sort after it).
+
+    Revoking consent while open emits one LOST (contact and product as they were before the
+    revoke) and nothing follows; granting consent again later opens a fresh lead with NEW,
+    because the CRM dropped the contact on LOST and must be told to start again. UPDATED is
+    emitted only when a contact field (first_name, last_name, email, phone, state) or the plan
+    actually changed value; a date-of-birth-only update changes nothing the CRM sees.
     """
+    return leads_of(fold_history(application_id, events, start=start))
+
+
+def leads_of(steps: Iterable[FoldStep]) -> list[LeadEvent]:
+    """The leads of fold steps already computed (see `lead_events`)."""
     leads: list[LeadEvent] = []
-    is_open = False
-    for step in fold_history(application_id, events):
+    for step in steps:
         if step.anomaly is not None:
             continue
         before, after, kind = step.before, step.after, step.event.event_type
-        consent_after = after.marketing_consent is True
-        if not consent_after:
-            if is_open and before.marketing_consent is True:
+        was_open = lead_is_open(before)
+        if after.marketing_consent is not True:
+            if was_open:
                 leads.append(_lead(step, "LOST", before))
-                is_open = False
-            continue
-        if kind in (EventType.SUBMITTED, EventType.UPDATED) and not is_open:
+        elif not was_open:
             # First lead, or consent granted (again) by an update.
-            if kind is EventType.SUBMITTED or before.marketing_consent is not True:
+            if kind is EventType.SUBMITTED or (
+                kind is EventType.UPDATED and before.marketing_consent is not True
+            ):
                 leads.append(_lead(step, "NEW", after))
-                is_open = True
         elif kind is EventType.UPDATED and _contact_or_plan_changed(before, after):
             leads.append(_lead(step, "UPDATED", after))
-        elif kind in (EventType.DECLINED, EventType.WITHDRAWN) and is_open:
+        elif kind in (EventType.DECLINED, EventType.WITHDRAWN):
             leads.append(_lead(step, "LOST", after))
-            is_open = False
-        elif kind is EventType.ENROLLMENT_COMPLETED and is_open:
+        elif kind is EventType.ENROLLMENT_COMPLETED:
             leads.append(_lead(step, "CONVERTED", after))
-            is_open = False
     return leads

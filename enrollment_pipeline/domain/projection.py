@@ -1,7 +1,9 @@
 """The read model: an application is the strict fold of ALL its stored events.
 
-Ingestion, backfill and rebuild all refold the full history (never patch a document), so a
-late event lands in its place, duplicates are harmless and an earlier anomaly can heal.
+The fold is a left fold in a total order (`EnrollmentEvent.sort_key`), so its state after the
+last event, saved in the document (`fold`), is a valid start for events that sort after that
+one: a batch applies them from the document alone. A late event (sorting before the saved
+last one) refolds the whole history, so it lands in its place and an earlier anomaly can heal.
 """
 
 from __future__ import annotations
@@ -29,6 +31,10 @@ from enrollment_pipeline.domain.events import (
     iso_z,
     to_utc,
 )
+
+# The version of the `fold` sub-document; a document with another one is refolded in full.
+FOLD_STATE_VERSION = 1
+SortKey = tuple[datetime, int, str]
 
 
 class Status(StrEnum):
@@ -120,6 +126,8 @@ class Application:
     withdraw_reason: str | None = None
     policy_number: str | None = None
     effective_date: date | None = None
+    # The sort key of the last event folded in (anomalies included): later ones apply on top.
+    last_event_key: SortKey | None = None
 
     @property
     def followup(self) -> FollowupRequirement | None:
@@ -166,11 +174,79 @@ class Application:
             "withdraw_reason": self.withdraw_reason,
             "policy_number": self.policy_number,
             "effective_date": self.effective_date.isoformat() if self.effective_date else None,
+            "fold": self._fold_state(),
         }
+
+    def _fold_state(self) -> dict[str, Any]:
+        """What the fold needs beyond the fields above, exactly (microseconds, as strings)."""
+        last = self.last_event_key
+        return {
+            "version": FOLD_STATE_VERSION,
+            "last_event": None
+            if last is None
+            else {"occurred_at": iso_z(last[0]), "rank": last[1], "event_id": last[2]},
+            "submitted_at": _iso_or_none(self.submitted_at),
+            "updated_at": _iso_or_none(self.updated_at),
+            "broker_cycle_started_at": _iso_or_none(self.broker_cycle_started_at),
+            "broker_signed_at": _iso_or_none(self.broker_signed_at),
+        }
+
+    @classmethod
+    def from_document(cls, doc: dict[str, Any]) -> Application | None:
+        """The fold's state saved in an `applications` document; None when it has none."""
+        fold = doc.get("fold")
+        if not isinstance(fold, dict) or fold.get("version") != FOLD_STATE_VERSION:
+            return None
+        last = fold["last_event"]
+        return cls(
+            application_id=doc["_id"],
+            status=Status(doc["status"]) if doc["status"] else None,
+            applicant=Applicant.model_validate(doc["applicant"]) if doc["applicant"] else None,
+            plan=Plan.model_validate(doc["plan"]) if doc["plan"] else None,
+            channel=doc["channel"],
+            broker=Broker.model_validate(doc["broker"]) if doc["broker"] else None,
+            marketing_consent=doc["marketing_consent"],
+            broker_cycle_started_at=_instant_or_none(fold["broker_cycle_started_at"]),
+            broker_signed_at=_instant_or_none(fold["broker_signed_at"]),
+            submitted_at=_instant_or_none(fold["submitted_at"]),
+            updated_at=_instant_or_none(fold["updated_at"]),
+            event_count=doc["event_count"],
+            anomalies=tuple(
+                Anomaly(
+                    a["event_id"],
+                    EventType(a["event_type"]),
+                    datetime.fromisoformat(a["occurred_at"]),
+                    AnomalyReason(a["reason"]),
+                )
+                for a in doc["anomalies"]
+            ),
+            decline_reason=doc["decline_reason"],
+            withdraw_reason=doc["withdraw_reason"],
+            policy_number=doc["policy_number"],
+            effective_date=date.fromisoformat(doc["effective_date"])
+            if doc["effective_date"]
+            else None,
+            last_event_key=None
+            if last is None
+            else (datetime.fromisoformat(last["occurred_at"]), last["rank"], last["event_id"]),
+        )
+
+    def applies_on_top(self, events: Iterable[EnrollmentEvent]) -> bool:
+        """True when every event sorts after the last one folded in (no late event)."""
+        last = self.last_event_key
+        return last is None or all(event.sort_key() > last for event in events)
 
 
 def _utc_or_none(value: datetime | None) -> datetime | None:
     return to_utc(value) if value is not None else None
+
+
+def _iso_or_none(value: datetime | None) -> str | None:
+    return iso_z(value) if value is not None else None
+
+
+def _instant_or_none(value: str | None) -> datetime | None:
+    return datetime.fromisoformat(value) if value is not None else None
 
 
 @dataclass(frozen=True)
@@ -267,13 +343,24 @@ def _apply(state: Application, event: EnrollmentEvent) -> Application:
     return dataclasses.replace(state, **changes)
 
 
-def fold_history(application_id: str, events: Iterable[EnrollmentEvent]) -> list[FoldStep]:
-    """Every step of the strict fold, in fold order; `fold_application` is its last state."""
+def fold_history(
+    application_id: str, events: Iterable[EnrollmentEvent], *, start: Application | None = None
+) -> list[FoldStep]:
+    """Every step of the strict fold, in fold order; `fold_application` is its last state.
+
+    From `start` (a state saved earlier) when given: then `events` must be new events that
+    all sort after its last one, as `Application.applies_on_top` checks.
+    """
     history = sorted_history(events)
     strangers = {e.application_id for e in history} - {application_id}
     if strangers:
         raise ValueError(f"events of other applications passed for {application_id!r}")
-    state = Application(application_id=application_id, event_count=len(history))
+    if start is None:
+        state = Application(application_id=application_id, event_count=len(history))
+    else:
+        if start.application_id != application_id or not start.applies_on_top(history):
+            raise ValueError(f"events sorting before the saved state of {application_id!r}")
+        state = dataclasses.replace(start, event_count=start.event_count + len(history))
     steps: list[FoldStep] = []
     for event in history:
         reason = _anomaly_reason(state, event)
@@ -283,15 +370,18 @@ def fold_history(application_id: str, events: Iterable[EnrollmentEvent]) -> list
         else:
             anomaly = Anomaly(event.event_id, event.event_type, event.occurred_at, reason)
             after = dataclasses.replace(state, anomalies=(*state.anomalies, anomaly))
+        after = dataclasses.replace(after, last_event_key=event.sort_key())
         steps.append(FoldStep(event=event, before=state, after=after, anomaly=anomaly))
         state = after
     return steps
 
 
-def fold_application(application_id: str, events: Iterable[EnrollmentEvent]) -> Application:
-    """The read model of one application from ALL its stored events, in any order."""
-    history = sorted_history(events)
-    steps = fold_history(application_id, history)
+def fold_application(
+    application_id: str, events: Iterable[EnrollmentEvent], *, start: Application | None = None
+) -> Application:
+    """The read model of one application from ALL its stored events, in any order (or
+    from a saved `start` and the events that sort after it)."""
+    steps = fold_history(application_id, events, start=start)
     if steps:
         return steps[-1].after
-    return Application(application_id=application_id)
+    return start or Application(application_id=application_id)

@@ -255,3 +255,29 @@ def test_offsets_are_visible_to_kafka_tooling_under_the_seed_group_names(
         admin.close()
     stored = list(pipeline.mongo.db()[CONSUMER_OFFSETS].find({"topic": pipeline.topic}))
     assert len(stored) == 3 * len(ends)
+
+
+def test_a_batch_rereads_stored_events_only_for_applications_with_late_events(
+    pipeline: Pipeline,
+):
+    first = [f.submitted(f"APP-{i}", i) for i in range(20)]
+    pipeline.produce([f.record(e) for e in first])
+    assert pipeline.ingest().report.applications_reread == 0
+
+    # Updates to existing applications, in order, and one event that sorts before the
+    # last one already applied to APP-3 (its approval at minute 60 came first).
+    approval = f.approved("APP-3", 60)
+    pipeline.produce([f.record(approval)])
+    assert pipeline.ingest().report.applications_reread == 0
+    later = [f.approved(f"APP-{i}", 100 + i) for i in range(20) if i != 3]
+    late = f.event(
+        "ApplicationUpdated", "APP-3", 30, {"changes": {"applicant": {"phone": "+1-555-0199"}}}
+    )
+    pipeline.produce([f.record(e) for e in [*later, late]])
+    report = pipeline.ingest().report
+
+    assert (report.applications_touched, report.applications_reread) == (20, 1)
+    assert report.events_reread == 3  # APP-3's submission, approval and the late update
+    records = [f.record(e) for e in [*first, approval, *later, late]]
+    assert_read_model_is_the_fold(pipeline, records, in_order=False)
+    assert pipeline.applications()["APP-3"]["applicant"]["phone"] == "+1-555-0199"

@@ -16,6 +16,7 @@ from enrollment_pipeline.domain.projection import (
     Application,
     FollowupState,
     fold_application,
+    sorted_history,
 )
 
 T0 = datetime(2026, 11, 26, 10, 0, tzinfo=UTC)
@@ -213,7 +214,8 @@ def test_anomaly_is_recorded_and_changes_nothing(
         }
     ]
     assert doc["event_count"] == clean_doc["event_count"] + 1
-    for key in ("anomalies", "event_count"):
+    assert doc["fold"]["last_event"]["event_id"] == max(events, key=lambda e: e.sort_key()).event_id
+    for key in ("anomalies", "event_count", "fold"):  # `fold` remembers the last event seen
         del doc[key], clean_doc[key]
     assert doc == clean_doc
 
@@ -515,3 +517,41 @@ def test_fold_ignores_order_duplicates_and_batching(
         current = read_model(list(store.values()))
         documents.update({app: current[app] for app in touched})
     assert documents == expected
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(history=histories(), data=st.data())
+def test_the_saved_state_plus_later_events_is_the_fold_of_all(
+    history: list[EnrollmentEvent], data: st.DataObject
+) -> None:
+    """What a batch does for an application without late events: start from the document."""
+    by_app: dict[str, list[EnrollmentEvent]] = {}
+    for e in history:
+        by_app.setdefault(e.application_id, []).append(e)
+    for app, events in by_app.items():
+        ordered = sorted_history(events)
+        cut = data.draw(st.integers(min_value=1, max_value=len(ordered)))
+        head, tail = ordered[:cut], ordered[cut:]
+        saved = Application.from_document(fold_application(app, head).to_document())
+        assert saved == fold_application(app, head)  # the document keeps the state exactly
+
+        whole = fold_application(app, ordered)
+        assert fold_application(app, tail, start=saved).to_document() == whole.to_document()
+        assert lead_events(app, head) + lead_events(app, tail, start=saved) == lead_events(
+            app, ordered
+        )
+
+
+def test_an_event_sorting_before_the_saved_state_is_refused() -> None:
+    saved = fold(submitted(0), approved(5))
+    late = updated(3, {"marketing_consent": False})
+    assert not saved.applies_on_top([late])
+    assert saved.applies_on_top([enrolled(6)])
+    with pytest.raises(ValueError):
+        fold_application("APP-1", [late], start=saved)
+
+
+def test_a_document_without_fold_state_has_no_saved_state() -> None:
+    doc = fold(submitted(0)).to_document()
+    del doc["fold"]
+    assert Application.from_document(doc) is None

@@ -26,8 +26,8 @@ from enrollment_pipeline.domain.events import (
     parse_record,
 )
 from enrollment_pipeline.domain.followup_queue import merge_followup, mongo_precision
-from enrollment_pipeline.domain.leads import lead_events
-from enrollment_pipeline.domain.projection import fold_application
+from enrollment_pipeline.domain.leads import leads_of
+from enrollment_pipeline.domain.projection import Application, FoldStep, fold_history
 
 # Steps a test may stop a batch at, to prove a rerun converges.
 CHECKPOINTS = (
@@ -50,6 +50,10 @@ class BatchReport:
     dead_letter_reasons: dict[str, int] = field(default_factory=dict)
     anomalies: int = 0
     applications_touched: int = 0
+    # Applications refolded from the event store (late or replayed events); the rest were
+    # folded from their document's saved state, or from the batch alone.
+    applications_reread: int = 0
+    events_reread: int = 0
     applications_written: int = 0
     followups_opened: int = 0
     followups_closed: int = 0
@@ -131,6 +135,7 @@ def apply_parsed(
     stored = store.stored_events(batch_events)
     new_events: list[tuple[EnrollmentEvent, Mapping[str, Any]]] = []
     unpublished: set[str] = set()
+    conflicted: set[str] = set()  # the stored copy counts, not this one
     for event_id, (event, source) in batch_events.items():
         info = stored.get(event_id)
         if info is None:
@@ -138,6 +143,7 @@ def apply_parsed(
             unpublished.add(event_id)
         elif info.content_hash != event.content_hash():
             letters.append(_conflict(source, event_id, "the event store"))
+            conflicted.add(event_id)
         else:
             report.duplicates += 1
             if not info.leads_published:
@@ -154,24 +160,17 @@ def apply_parsed(
     checkpoint("after_store_insert")
 
     # Replays and duplicates refold too: after a crash their effects may be missing.
-    touched = {event.application_id for event, _ in batch_events.values()}
-    report.applications_touched = len(touched)
-    existing_apps = store.applications(touched)
-    # Every application with a stored event has a document once its batch finished (the
-    # read model is written before offsets move). So only applications with a document, or
-    # with an event stored before (a rerun, a replay), can have history outside this batch;
-    # the others are folded from the batch alone, sparing a read that FerretDB pays per event.
-    seen_before = {
-        event.application_id for event_id, (event, _) in batch_events.items() if event_id in stored
-    }
-    from_store = seen_before | set(existing_apps)
-    histories = store.events_of(from_store)
-    for event, _ in new_events:
-        if event.application_id not in from_store:
-            histories.setdefault(event.application_id, []).append(event)
-    existing_followups = store.followups(touched)
+    batch_by_app: dict[str, list[EnrollmentEvent]] = {}
+    for event_id, (event, _) in batch_events.items():
+        batch_by_app.setdefault(event.application_id, [])
+        if event_id not in conflicted:
+            batch_by_app[event.application_id].append(event)
+    report.applications_touched = len(batch_by_app)
+    existing_apps = store.applications(batch_by_app)
+    folds = _fold_touched(store, batch_by_app, set(stored), existing_apps, report)
+    existing_followups = store.followups(batch_by_app)
 
-    writes = _refold(touched, histories, existing_apps, existing_followups, report)
+    writes = _writes(folds, existing_apps, existing_followups, report)
     store.write_applications(writes.new_apps, writes.changed_apps)
     report.applications_written = len(writes.new_apps) + len(writes.changed_apps)
     checkpoint("after_read_model_write")
@@ -183,8 +182,8 @@ def apply_parsed(
         leads_by_source: dict[str, list[str]] = {event_id: [] for event_id in unpublished}
         leads = []
         if publish_leads is not None:  # a backfill without leads owes none later either
-            for app_id in sorted(touched):
-                for lead in lead_events(app_id, histories[app_id]):
+            for app_id in sorted(folds):
+                for lead in leads_of(folds[app_id]):
                     if lead.source_event_id in leads_by_source:
                         leads.append(lead)
                         leads_by_source[lead.source_event_id].append(lead.lead_event_id)
@@ -203,19 +202,62 @@ class _Writes:
     followup_updates: list[UpdateOne] = field(default_factory=list)
 
 
-def _refold(
-    touched: set[str],
-    histories: Mapping[str, list[EnrollmentEvent]],
+def _fold_touched(
+    store: EnrollmentStore,
+    batch_by_app: Mapping[str, list[EnrollmentEvent]],
+    stored_before: set[str],
+    existing_apps: Mapping[str, dict],
+    report: BatchReport,
+) -> dict[str, list[FoldStep]]:
+    """The fold steps of each touched application's batch events, reading as little as can be.
+
+    - No document and no event stored before: the batch holds its whole history.
+    - A document whose saved fold state all batch events sort after: apply them on top.
+    - Otherwise (a late event, or a replayed one that may already be in the document):
+      refold the whole history from the event store, the only case that reads it.
+    """
+    folds: dict[str, list[FoldStep]] = {}
+    reread = []
+    for app_id, events in batch_by_app.items():
+        document = existing_apps.get(app_id)
+        if not events:  # only a conflicting copy: refold what the store holds
+            reread.append(app_id)
+        elif document is None:
+            if any(event.event_id in stored_before for event in events):
+                reread.append(app_id)
+            else:
+                folds[app_id] = fold_history(app_id, events)
+            continue
+        saved = Application.from_document(document)
+        if saved is not None and saved.applies_on_top(events):
+            folds[app_id] = fold_history(app_id, events, start=saved)
+        else:
+            reread.append(app_id)
+    histories = store.events_of(reread)
+    for app_id in reread:
+        folds[app_id] = fold_history(app_id, histories[app_id])
+    report.applications_reread = len(reread)
+    report.events_reread = sum(len(events) for events in histories.values())
+    for app_id, events in batch_by_app.items():
+        ids = {event.event_id for event in events}
+        report.anomalies += sum(
+            step.anomaly is not None and step.event.event_id in ids for step in folds[app_id]
+        )
+    return folds
+
+
+def _writes(
+    folds: Mapping[str, list[FoldStep]],
     existing_apps: Mapping[str, dict],
     existing_followups: Mapping[str, dict],
     report: BatchReport,
 ) -> _Writes:
-    """Fold each touched application; keep only the documents that change."""
+    """The documents that change, from each touched application's fold."""
     writes = _Writes()
-    for app_id in sorted(touched):
-        application = fold_application(app_id, histories[app_id])
+    for app_id in sorted(folds):
+        steps = folds[app_id]
+        application = steps[-1].after
         document = application.to_document()
-        report.anomalies += len(document.get("anomalies", []))
         existing_followup = existing_followups.get(app_id)
         change = merge_followup(
             app_id,

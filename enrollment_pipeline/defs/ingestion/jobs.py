@@ -72,6 +72,9 @@ def ingest_offset_range(
                 "duplicates": report.duplicates,
                 "anomalies": report.anomalies,
                 "applications_touched": report.applications_touched,
+                # Refolded from the event store because of late or replayed events.
+                "applications_reread": report.applications_reread,
+                "events_reread": report.events_reread,
                 "applications_written": report.applications_written,
                 "lag_left": result.lag_left,
             },
