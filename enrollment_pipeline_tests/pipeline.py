@@ -5,8 +5,12 @@ from __future__ import annotations
 import json
 from collections import defaultdict
 
+import dagster as dg
+
+from enrollment_pipeline.defs.ingestion.jobs import ingest_enrollment_events
 from enrollment_pipeline.defs.ingestion.ranges import PartitionRange, RangePlan
 from enrollment_pipeline.defs.ingestion.run import IngestResult, ingest_range
+from enrollment_pipeline.defs.ingestion.sensors import enrollment_events_sensor
 from enrollment_pipeline.defs.kafka.resources import KafkaResource
 from enrollment_pipeline.defs.mongo.resources import (
     APPLICATIONS,
@@ -114,3 +118,28 @@ def assert_read_model_is_the_fold(pipeline: Pipeline, records, *, in_order: bool
     assert len(ids) == len(set(ids)), "a lead id was published twice"
     if in_order:
         assert sorted(ids) == sorted(lead.lead_event_id for lead in leads)
+
+
+def drain(instance: dg.DagsterInstance, pipeline: Pipeline) -> list[dict]:
+    """Tick the sensor and run what it requests until it skips; each run's read-model metadata."""
+    resources = {"kafka": pipeline.kafka, "mongo": pipeline.mongo}
+    runs = []
+    for _ in range(100):
+        with dg.build_sensor_context(instance=instance, resources=resources) as context:
+            result = enrollment_events_sensor(context)
+        if isinstance(result, dg.SkipReason):
+            return runs
+        for request in result.run_requests:
+            outcome = ingest_enrollment_events.execute_in_process(
+                run_config=request.run_config,
+                resources=resources,
+                instance=instance,
+                tags=request.tags,
+            )
+            (applications,) = [
+                m
+                for m in outcome.asset_materializations_for_node("ingest_offset_range")
+                if m.asset_key.to_user_string() == "applications"
+            ]
+            runs.append({k: v.value for k, v in applications.metadata.items()})
+    raise AssertionError("the sensor kept requesting runs")

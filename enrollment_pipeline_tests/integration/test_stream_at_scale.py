@@ -12,40 +12,13 @@ from datetime import UTC, datetime
 import dagster as dg
 import pytest
 
-from enrollment_pipeline.defs.ingestion.jobs import ingest_enrollment_events
-from enrollment_pipeline.defs.ingestion.sensors import enrollment_events_sensor
 from enrollment_pipeline.sample_data import synthetic_events
-from enrollment_pipeline_tests.pipeline import Pipeline, assert_read_model_is_the_fold
+from enrollment_pipeline_tests.pipeline import Pipeline, assert_read_model_is_the_fold, drain
 
 pytestmark = pytest.mark.integration
 
 APPLICATIONS = 2_000
 MAX_EVENTS_PER_RUN = 1_500
-
-
-def drain(instance: dg.DagsterInstance, pipeline: Pipeline) -> list[dict]:
-    """Tick the sensor and run what it requests until it skips; each run's read-model metadata."""
-    resources = {"kafka": pipeline.kafka, "mongo": pipeline.mongo}
-    runs = []
-    for _ in range(100):
-        with dg.build_sensor_context(instance=instance, resources=resources) as context:
-            result = enrollment_events_sensor(context)
-        if isinstance(result, dg.SkipReason):
-            return runs
-        for request in result.run_requests:
-            outcome = ingest_enrollment_events.execute_in_process(
-                run_config=request.run_config,
-                resources=resources,
-                instance=instance,
-                tags=request.tags,
-            )
-            (applications,) = [
-                m
-                for m in outcome.asset_materializations_for_node("ingest_offset_range")
-                if m.asset_key.to_user_string() == "applications"
-            ]
-            runs.append({k: v.value for k, v in applications.metadata.items()})
-    raise AssertionError("the sensor kept requesting runs")
 
 
 def test_two_thousand_applications_in_two_halves_end_equal_to_the_fold(
@@ -54,9 +27,7 @@ def test_two_thousand_applications_in_two_halves_end_equal_to_the_fold(
     monkeypatch.setenv("ENROLLMENT_TOPIC", pipeline.topic)
     monkeypatch.setenv("LEAD_TOPIC", pipeline.lead_topic)
     monkeypatch.setenv("INGEST_MAX_EVENTS_PER_RUN", str(MAX_EVENTS_PER_RUN))
-    records = list(
-        synthetic_events(APPLICATIONS, seed=20, start=datetime(2026, 10, 1, tzinfo=UTC))
-    )
+    records = list(synthetic_events(APPLICATIONS, seed=20, start=datetime(2026, 10, 1, tzinfo=UTC)))
     half = len(records) // 2
 
     with dg.instance_for_test() as instance:

@@ -63,12 +63,15 @@ INDEXES: dict[str, list[IndexModel]] = {
 
 
 def mongo_from_settings(
-    settings: PipelineSettings, *, uri: str | dg.EnvVar | None = None
+    settings: PipelineSettings,
+    *,
+    uri: str | dg.EnvVar | None = None,
+    database: str | None = None,
 ) -> MongoResource:
-    """The resource configured by the Contract-6 variables (`uri` overrides MONGO_URI)."""
+    """The resource configured by the Contract-6 variables (arguments override them)."""
     return MongoResource(
         uri=uri if uri is not None else settings.mongo_uri,
-        database=settings.mongo_database,
+        database=database or settings.mongo_database,
         timeout_ms=settings.mongo_timeout_ms,
         max_writes_per_command=settings.mongo_max_writes_per_command,
     )
