@@ -1,11 +1,11 @@
 """A realistic stream through the sensor and the job, at the scale users run.
 
-Produces the generator's events for N applications in two halves (so the second half, and
-every micro-batch after the first, updates applications created earlier), and after each
-half ticks `enrollment_events_sensor` and executes every run it requests in process, until
-it skips. Then checks the read model against the fold of the log, and prints records/s, the
-runs, Mongo commands and update statements (pymongo command monitoring), and how many
-applications had their history re-read.
+Produces the generator's events for N applications in two halves, each application's first
+events in the first and the rest in the second (so the second half updates nearly every
+application the first created), and after each half ticks `enrollment_events_sensor` and
+executes every run it requests in process, until it skips. Then checks the read model
+against the fold of the log, and prints records/s, the runs, Mongo commands and update
+statements (pymongo command monitoring), and how many applications had their history re-read.
 
 Run against the local stack (or any Kafka and MongoDB the Contract-6 variables name):
     enrollment-pipeline stack up && export $(enrollment-pipeline stack env)
@@ -29,7 +29,12 @@ from enrollment_pipeline.defs.kafka.resources import KafkaResource
 from enrollment_pipeline.defs.mongo.resources import mongo_from_settings
 from enrollment_pipeline.sample_data import synthetic_events
 from enrollment_pipeline.settings import PipelineSettings
-from enrollment_pipeline_tests.pipeline import Pipeline, assert_read_model_is_the_fold, drain
+from enrollment_pipeline_tests.pipeline import (
+    Pipeline,
+    assert_read_model_is_the_fold,
+    drain,
+    split_per_application,
+)
 
 
 class Commands(monitoring.CommandListener):
@@ -86,11 +91,11 @@ def main() -> None:
                 args.applications, seed=args.seed, start=datetime(2026, 1, 1, tzinfo=UTC)
             )
         )
-        half = len(records) // 2
+        halves = split_per_application(records)
         runs: list[dict] = []
         seconds = 0.0
         with dg.instance_for_test() as instance:
-            for part in (records[:half], records[half:]):
+            for part in halves:
                 for i in range(0, len(part), 10_000):
                     pipeline.produce(part[i : i + 10_000])
                 commands.counts.clear()

@@ -108,8 +108,11 @@ class StackSettings(BaseSettings):
     kafka_version: str = "4.1.1"
     kafka_heap: str = "768m"
     mongo_port: int = 27017
-    # auto: mongod when it is on PATH, else FerretDB on PostgreSQL.
-    mongo_engine: Literal["auto", "mongod", "ferretdb"] = "auto"
+    # auto: mongod when it is on PATH, else FerretDB on PostgreSQL with our patches
+    # (stack/mongo.py; benchmarks/README.md has the measurements).
+    mongo_engine: Literal["auto", "mongod", "ferretdb", "ferretdb-stock", "ferretdb-sqlite"] = (
+        "auto"
+    )
     ferretdb_version: str = "v1.24.2"
     # Below the kernel's ephemeral range (32768+): a client socket there could hold the port.
     postgres_port: int = 25432

@@ -152,7 +152,7 @@ def own_mongo_server() -> Iterator[MongoWire]:
         timeout_s=settings.start_timeout_s,
     )
     try:
-        if server.engine == "ferretdb":
+        if server.engine in ("ferretdb", "ferretdb-stock"):
             postgres.up()
         server.up()
         yield server

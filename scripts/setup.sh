@@ -10,6 +10,7 @@ python3 -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
 missing=()
 command -v java >/dev/null || missing+=(openjdk-17-jre-headless)
 command -v mvn >/dev/null || missing+=(maven)
+command -v patch >/dev/null || missing+=(patch)  # applies our FerretDB patches
 ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || missing+=(postgresql)
 if ! command -v mongod >/dev/null && ! command -v go >/dev/null; then
   echo "Neither mongod nor Go is installed: FerretDB is built with Go 1.22+" >&2; exit 1

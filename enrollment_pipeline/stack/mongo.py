@@ -1,7 +1,18 @@
-"""The MongoDB wire server: `mongod` when installed, else FerretDB v1 on PostgreSQL."""
+"""The MongoDB wire server: `mongod` when installed, else FerretDB v1 built from source.
+
+FerretDB comes in three builds, chosen with STACK_MONGO_ENGINE (see benchmarks/README.md for
+the measurements behind the default):
+
+- `ferretdb` (the default without mongod): on PostgreSQL, with the reviewed patches in
+  `patches/` applied: `_id` lookups use the primary-key index, and an update command no longer
+  holds one backend connection per statement until it ends.
+- `ferretdb-stock`: the same release without patches (every query scans the collection).
+- `ferretdb-sqlite`: the patched build on its SQLite backend (no PostgreSQL needed).
+"""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -12,21 +23,43 @@ from pathlib import Path
 from enrollment_pipeline.stack.process import Daemon, ServiceError, port_open, run_checked
 
 FERRETDB_MODULE = "github.com/FerretDB/FerretDB"
-# FerretDB's PostgreSQL pool. Each update statement of a command holds one connection until
-# the command ends (see defs/mongo/writes.py), and the default pool of 50 is shared by every
-# client: room for many concurrent writers. PostgreSQL's max_connections is set to match.
+FERRETDB_ENGINES = ("ferretdb", "ferretdb-stock", "ferretdb-sqlite")
+PATCHES_DIR = Path(__file__).parent / "patches"
+# FerretDB's PostgreSQL pool. Unpatched, each update statement of a command holds one
+# connection until the command ends (see defs/mongo/writes.py), and the default pool of 50 is
+# shared by every client: room for many concurrent writers. PostgreSQL's max_connections is
+# set to match.
 FERRETDB_POOL_MAX_CONNS = 200
 # How long a health check waits for `ping`: a server that takes longer is hung.
 PING_TIMEOUT_MS = 3_000
 
 
 def choose_engine(engine: str) -> str:
-    """`auto` means mongod when it is on PATH, else FerretDB."""
+    """`auto` means mongod when it is on PATH, else the patched FerretDB."""
     if engine == "auto":
         return "mongod" if shutil.which("mongod") else "ferretdb"
     if engine == "mongod" and not shutil.which("mongod"):
         raise ServiceError("mongo: STACK_MONGO_ENGINE=mongod but `mongod` is not on PATH")
     return engine
+
+
+def ferretdb_patches(version: str) -> list[Path]:
+    return sorted(PATCHES_DIR.glob(f"ferretdb-{version}-*.patch"))
+
+
+def ferretdb_build_name(engine: str, version: str) -> str:
+    """The cache folder of a build: version, patch set (by content) and backend."""
+    if engine == "ferretdb-stock":
+        return f"ferretdb-{version}"
+    patches = ferretdb_patches(version)
+    if not patches:
+        raise ServiceError(
+            f"mongo: no patches for FerretDB {version} in {PATCHES_DIR}; use "
+            "STACK_MONGO_ENGINE=ferretdb-stock for an unpatched build of another version"
+        )
+    digest = hashlib.sha256(b"".join(p.read_bytes() for p in patches)).hexdigest()[:10]
+    backend = "-sqlite" if engine == "ferretdb-sqlite" else ""
+    return f"ferretdb-{version}-patched-{digest}{backend}"
 
 
 class MongoWire:
@@ -50,7 +83,11 @@ class MongoWire:
         self.dir = state_dir / "mongo"
         self.host, self.port, self.timeout_s = host, port, timeout_s
         self.ferretdb_version = ferretdb_version
-        self.ferretdb_bin = cache_dir / f"ferretdb-{ferretdb_version}" / "ferretdb"
+        self.ferretdb_bin = (
+            cache_dir / ferretdb_build_name(self.engine, ferretdb_version) / "ferretdb"
+            if self.engine in FERRETDB_ENGINES
+            else None
+        )
         self.postgres_url = postgres_url
         self.daemon = Daemon(
             name=f"mongo ({self.engine})",
@@ -64,8 +101,8 @@ class MongoWire:
         return f"mongodb://{self.host}:{self.port}/"
 
     def install(self) -> None:
-        """Build FerretDB from the Go module proxy once per version (mongod needs nothing)."""
-        if self.engine != "ferretdb" or self.ferretdb_bin.exists():
+        """Build FerretDB from the Go module proxy once per build (mongod needs nothing)."""
+        if self.ferretdb_bin is None or self.ferretdb_bin.exists():
             return
         if shutil.which("go") is None:
             raise ServiceError(
@@ -102,20 +139,22 @@ class MongoWire:
             for path in [source, *source.rglob("*")]:
                 path.chmod(path.stat().st_mode | 0o200)
             (source / "build" / "version" / "version.txt").write_text(self.ferretdb_version)
+            if self.engine != "ferretdb-stock":
+                for patch in ferretdb_patches(self.ferretdb_version):
+                    run_checked(
+                        f"ferretdb patch {patch.name}",
+                        ["patch", "-p1", "--forward", "--batch", "-i", str(patch)],
+                        log_file=log,
+                        timeout_s=60,
+                        cwd=source,
+                    )
+            # Without the SQLite backend unless asked: it halves the download and the build.
+            tags = [] if self.engine == "ferretdb-sqlite" else ["-tags=ferretdb_no_sqlite"]
             staged = Path(work) / "ferretdb"
+            build = ["go", "build", "-trimpath", "-ldflags=-s -w", *tags, "-o", str(staged)]
             run_checked(
                 "ferretdb build",
-                # No SQLite backend: it halves the download and the build's memory.
-                [
-                    "go",
-                    "build",
-                    "-trimpath",
-                    "-ldflags=-s -w",
-                    "-tags=ferretdb_no_sqlite",
-                    "-o",
-                    str(staged),
-                    "./cmd/ferretdb",
-                ],
+                [*build, "./cmd/ferretdb"],
                 log_file=log,
                 timeout_s=1500,
                 cwd=source,
@@ -150,11 +189,17 @@ class MongoWire:
                 str(self.port),
             ]
         else:
+            assert self.ferretdb_bin is not None
+            if self.engine == "ferretdb-sqlite":
+                (self.dir / "sqlite").mkdir(exist_ok=True)
+                backend = ["--handler=sqlite", f"--sqlite-url=file:{self.dir / 'sqlite'}/"]
+            else:
+                pool = f"pool_max_conns={FERRETDB_POOL_MAX_CONNS}"
+                backend = ["--handler=postgresql", f"--postgresql-url={self.postgres_url}?{pool}"]
             argv = [
                 str(self.ferretdb_bin),
                 f"--listen-addr={self.host}:{self.port}",
-                "--handler=postgresql",
-                f"--postgresql-url={self.postgres_url}?pool_max_conns={FERRETDB_POOL_MAX_CONNS}",
+                *backend,
                 f"--state-dir={self.dir}",
                 "--telemetry=disable",
                 "--debug-addr=-",

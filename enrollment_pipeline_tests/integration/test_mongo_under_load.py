@@ -196,3 +196,20 @@ def test_a_dagster_run_on_a_stalled_server_fails_in_bounded_time_then_the_rerun_
     )
     assert rerun.success
     assert_read_model_is_the_fold(pipeline, records)
+
+
+def test_stack_reports_a_hung_server_and_up_restarts_it(own_mongo_server: MongoWire):
+    hung_pid = _stall(own_mongo_server)
+    assert own_mongo_server.state() == "hung"
+
+    own_mongo_server.up()
+
+    assert own_mongo_server.state() == "running"
+    assert own_mongo_server.daemon.pid() not in (None, hung_pid)
+    assert not os.path.exists(f"/proc/{hung_pid}") or _zombie(hung_pid)
+    assert "restarting it" in own_mongo_server.daemon.log_file.read_text()
+
+
+def _zombie(pid: int) -> bool:
+    with open(f"/proc/{pid}/stat") as stat:
+        return stat.read().rpartition(")")[2].split()[0] == "Z"
