@@ -1,6 +1,6 @@
 """Does a steady-state batch get slower as history grows? One batch, N events stored before.
 
-Loads the first N events of the generator's stream into a fresh database (through the same
+Loads the first N events of the generator's stream into a database (through the same
 `apply_parsed` as ingestion, in chunks, no Kafka), then times one batch of the next B events,
 which mostly update applications already in the read model, as steady-state traffic does.
 Prints the batch's time, its Mongo commands by name (pymongo command monitoring) and how
@@ -8,6 +8,14 @@ many applications had their stored history re-read. Run it at several N to get t
 
     enrollment-pipeline stack up && export $(enrollment-pipeline stack env)
     .venv/bin/python benchmarks/batch_growth.py --stored 100000 --batch 5000
+
+To compare with another version of the code on the same data, keep the database and time the
+following batch with that version on the import path (it skips the load when the database
+already holds N events):
+
+    .venv/bin/python benchmarks/batch_growth.py --stored 100000 --database g100k --keep
+    PYTHONPATH=/path/to/other/checkout .venv/bin/python benchmarks/batch_growth.py \
+        --stored 100000 --database g100k --batch-number 1
 """
 
 from __future__ import annotations
@@ -23,7 +31,7 @@ from itertools import islice
 from pymongo import MongoClient, monitoring
 
 from enrollment_pipeline.defs.ingestion.batch import Source, apply_parsed
-from enrollment_pipeline.defs.mongo.resources import mongo_from_settings
+from enrollment_pipeline.defs.mongo.resources import ENROLLMENT_EVENTS, MongoResource
 from enrollment_pipeline.defs.mongo.store import EnrollmentStore
 from enrollment_pipeline.domain.events import parse_record
 from enrollment_pipeline.sample_data import synthetic_events
@@ -64,29 +72,46 @@ def main() -> None:
     parser.add_argument("--stored", type=int, default=100_000, help="events stored before")
     parser.add_argument("--batch", type=int, default=5_000, help="events in the timed batch")
     parser.add_argument("--seed", type=int, default=31)
+    parser.add_argument("--database", help="reuse this database (default: a fresh one)")
+    parser.add_argument(
+        "--batch-number", type=int, default=0, choices=range(4), help="which batch after N"
+    )
+    parser.add_argument("--keep", action="store_true", help="keep the database afterwards")
     args = parser.parse_args()
     print(f"$ {' '.join([sys.executable.rsplit('/', 1)[-1], *sys.argv])}")
 
     settings = PipelineSettings()
-    mongo = mongo_from_settings(settings, database=f"growth_{uuid.uuid4().hex[:8]}")
+    mongo = MongoResource(
+        uri=settings.mongo_uri,
+        database=args.database or f"growth_{uuid.uuid4().hex[:8]}",
+        max_writes_per_command=settings.mongo_max_writes_per_command,
+    )
     mongo.ensure_indexes()
     commands = Commands()
     client = MongoClient(
         settings.mongo_uri, event_listeners=[commands], tz_aware=True, socketTimeoutMS=3_600_000
     )
     store = EnrollmentStore(client[mongo.database], mongo.writer())
-    applications = int((args.stored + args.batch) / EVENTS_PER_APPLICATION) + 1
-    stream = synthetic_events(applications, seed=args.seed, start=datetime(2025, 1, 1, tzinfo=UTC))
+    position = args.stored + args.batch_number * args.batch  # where the timed batch starts
+    # The same stream whatever the batch number (up to 3), so runs on one database agree.
+    applications = int((args.stored + 4 * args.batch) / EVENTS_PER_APPLICATION * 1.1) + 1
+
+    def stream():
+        start = datetime(2025, 1, 1, tzinfo=UTC)
+        return synthetic_events(applications, seed=args.seed, start=start)
+
     try:
         started = time.perf_counter()
-        loaded = 0
-        while loaded < args.stored:
-            chunk = list(islice(stream, min(LOAD_CHUNK, args.stored - loaded)))
-            apply_parsed(store, parsed(chunk, loaded), publish_leads=None)
-            loaded += len(chunk)
-            print(f"  loaded {loaded:,} events ({time.perf_counter() - started:.0f} s)", flush=True)
-
-        batch = parsed(list(islice(stream, args.batch)), loaded)
+        stored = client[mongo.database][ENROLLMENT_EVENTS].estimated_document_count()
+        if stored:
+            print(f"  {stored:,} events already stored: no load")
+        else:
+            load = islice(stream(), args.stored)
+            while chunk := list(islice(load, LOAD_CHUNK)):
+                apply_parsed(store, parsed(chunk, stored), publish_leads=None)
+                stored += len(chunk)
+                print(f"  loaded {stored:,} events ({time.perf_counter() - started:.0f} s)")
+        batch = parsed(list(islice(stream(), position, position + args.batch)), position)
         commands.counts.clear()
         commands.seconds.clear()
         started = time.perf_counter()
@@ -94,7 +119,7 @@ def main() -> None:
         seconds = time.perf_counter() - started
 
         print(
-            f"engine {mongo.engine()}, {loaded:,} events stored before; batch of {len(batch):,}: "
+            f"engine {mongo.engine()}, {position:,} events stored before; batch of {len(batch):,}: "
             f"{seconds:.2f} s ({len(batch) / seconds:,.0f} events/s)"
         )
         print(
@@ -111,7 +136,8 @@ def main() -> None:
             )
         )
     finally:
-        client.drop_database(mongo.database)
+        if not args.keep:
+            client.drop_database(mongo.database)
         client.close()
 
 

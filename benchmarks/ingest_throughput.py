@@ -68,7 +68,9 @@ def bench_ingest(settings: PipelineSettings, events: int, partitions: int) -> No
     database = f"bench_{uuid.uuid4().hex[:8]}"
     kafka.ensure_topics([topic, lead_topic], partitions=partitions)
     counter = CommandCounter()
-    client = MongoClient(settings.mongo_uri, event_listeners=[counter], tz_aware=True)
+    client = MongoClient(
+        settings.mongo_uri, event_listeners=[counter], tz_aware=True, socketTimeoutMS=600_000
+    )
     MongoResource(uri=settings.mongo_uri, database=database).ensure_indexes()
     try:
         produced = produce(kafka, topic, events)

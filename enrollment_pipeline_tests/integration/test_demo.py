@@ -48,7 +48,7 @@ def test_demo_serves_the_ui_and_ingests_the_sample_events(services, tmp_path):
         stdout=log.open("w"),
         stderr=subprocess.STDOUT,
     )
-    mongo = MongoClient(mongo_uri, serverSelectionTimeoutMS=5000)
+    mongo = MongoClient(mongo_uri, serverSelectionTimeoutMS=5000, socketTimeoutMS=30_000)
     try:
         deadline = time.monotonic() + 240
         ui_up, ingested = False, 0
