@@ -26,7 +26,6 @@ from enrollment_pipeline.defs.mongo.resources import MongoResource
 from enrollment_pipeline.settings import PipelineSettings, StackSettings
 from enrollment_pipeline.stack.local import LocalStack
 from enrollment_pipeline.stack.mongo import MongoWire
-from enrollment_pipeline.stack.postgres import Postgres
 from enrollment_pipeline_tests.pipeline import Pipeline
 
 
@@ -139,21 +138,11 @@ def own_mongo_server() -> Iterator[MongoWire]:
     untouched. Same engine as `stack up` picks (STACK_MONGO_ENGINE).
     """
     state_dir = make_state_dir("enrollment-test-mongo-")
-    settings = private_stack_settings(state_dir)
-    postgres = Postgres(state_dir, settings.host, settings.postgres_port, settings.start_timeout_s)
-    server = MongoWire(
-        engine=settings.mongo_engine,
-        state_dir=state_dir,
-        cache_dir=settings.cache_dir,
-        ferretdb_version=settings.ferretdb_version,
-        host=settings.host,
-        port=settings.mongo_port,
-        postgres_url=postgres.url("ferretdb"),
-        timeout_s=settings.start_timeout_s,
-    )
+    stack = LocalStack(private_stack_settings(state_dir), PipelineSettings())
+    server = stack.mongo
     try:
-        if server.engine in ("ferretdb", "ferretdb-stock"):
-            postgres.up()
+        if server.needs_postgres:
+            stack.postgres.up()
         server.up()
         yield server
     finally:
@@ -161,7 +150,7 @@ def own_mongo_server() -> Iterator[MongoWire]:
         if pid is not None:
             os.kill(pid, signal.SIGCONT)  # a test that stopped it may have failed midway
         server.down()
-        postgres.down()
+        stack.postgres.down()
         shutil.rmtree(state_dir, ignore_errors=True)
 
 

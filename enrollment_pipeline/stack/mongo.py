@@ -97,6 +97,10 @@ class MongoWire:
         )
 
     @property
+    def needs_postgres(self) -> bool:
+        return self.engine in ("ferretdb", "ferretdb-stock")
+
+    @property
     def uri(self) -> str:
         return f"mongodb://{self.host}:{self.port}/"
 
