@@ -51,6 +51,7 @@ class PipelineSettings(BaseSettings):
     smtp_username: str | None = None
     smtp_password: SecretStr | None = None
     smtp_starttls: bool = False
+    smtp_ssl: bool = False
     email_from: str = "enrollment-followups@example.com"
     ops_email: str | None = None
     email_max_per_second: float = Field(default=10.0, gt=0)
@@ -75,6 +76,8 @@ class PipelineSettings(BaseSettings):
     followup_interval_minutes: int = Field(default=60, ge=1)
     followup_max_age_days: int = Field(default=30, ge=1)
     followup_quiet_hours: str | None = None
+    followup_schedule_cron: str = "0 * * * *"
+    followup_schedule_timezone: str = "UTC"
 
 
 def _xdg(var: str, fallback: str) -> Path:

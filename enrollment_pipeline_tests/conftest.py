@@ -20,6 +20,8 @@ from pathlib import Path
 
 import port_for
 import pytest
+from aiosmtpd.controller import Controller
+from moto.server import ThreadedMotoServer
 
 from enrollment_pipeline.defs.kafka.resources import KafkaResource
 from enrollment_pipeline.defs.mongo.resources import MongoResource
@@ -157,3 +159,45 @@ def own_mongo_server() -> Iterator[MongoWire]:
 @pytest.fixture
 def pipeline(kafka, mongo, topic, lead_topic) -> Pipeline:
     return Pipeline(kafka, mongo, topic, lead_topic)
+
+
+class Inbox:
+    """An SMTP handler that keeps messages and refuses addresses at invalid.example."""
+
+    def __init__(self) -> None:
+        self.messages: list[tuple[str, list[str], bytes]] = []
+
+    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
+        if address.endswith("@invalid.example"):
+            return "550 5.1.1 mailbox unavailable"
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+    async def handle_DATA(self, server, session, envelope):
+        self.messages.append((envelope.mail_from, list(envelope.rcpt_tos), envelope.content))
+        return "250 Message accepted for delivery"
+
+
+@pytest.fixture
+def smtp_server() -> Iterator[tuple[Inbox, int]]:
+    inbox = Inbox()
+    (port,) = free_ports(1)
+    controller = Controller(inbox, hostname="127.0.0.1", port=port)
+    controller.start()
+    yield inbox, port
+    controller.stop()
+
+
+@pytest.fixture(scope="module")
+def moto_endpoint() -> Iterator[str]:
+    (port,) = free_ports(1)
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    yield f"http://127.0.0.1:{port}"
+    server.stop()
+
+
+@pytest.fixture
+def aws_credentials(monkeypatch):
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")

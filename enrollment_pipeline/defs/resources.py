@@ -38,6 +38,7 @@ def build_resources(settings: PipelineSettings | None = None) -> dict[str, objec
             username=s.smtp_username,
             password=_secret("SMTP_PASSWORD"),
             starttls=s.smtp_starttls,
+            use_ssl=s.smtp_ssl,
             sender=s.email_from,
         )
     )

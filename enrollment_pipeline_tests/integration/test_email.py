@@ -2,12 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import boto3
 import pytest
-from aiosmtpd.controller import Controller
-from moto.server import ThreadedMotoServer
 
 from enrollment_pipeline.defs.email.resources import (
     OutgoingEmail,
@@ -19,48 +15,6 @@ from enrollment_pipeline.defs.email.resources import (
 from enrollment_pipeline_tests.conftest import free_ports
 
 pytestmark = pytest.mark.integration
-
-
-class Inbox:
-    """An SMTP handler that keeps messages and refuses addresses at invalid.example."""
-
-    def __init__(self) -> None:
-        self.messages: list[tuple[str, list[str], bytes]] = []
-
-    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
-        if address.endswith("@invalid.example"):
-            return "550 5.1.1 mailbox unavailable"
-        envelope.rcpt_tos.append(address)
-        return "250 OK"
-
-    async def handle_DATA(self, server, session, envelope):
-        self.messages.append((envelope.mail_from, list(envelope.rcpt_tos), envelope.content))
-        return "250 Message accepted for delivery"
-
-
-@pytest.fixture
-def smtp_server() -> Iterator[tuple[Inbox, int]]:
-    inbox = Inbox()
-    (port,) = free_ports(1)
-    controller = Controller(inbox, hostname="127.0.0.1", port=port)
-    controller.start()
-    yield inbox, port
-    controller.stop()
-
-
-@pytest.fixture(scope="module")
-def moto_endpoint() -> Iterator[str]:
-    (port,) = free_ports(1)
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    yield f"http://127.0.0.1:{port}"
-    server.stop()
-
-
-@pytest.fixture
-def aws_credentials(monkeypatch):
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
 
 
 def test_smtp_email_is_received(smtp_server):

@@ -10,8 +10,12 @@ from __future__ import annotations
 import smtplib
 import ssl
 from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from email.headerregistry import Address
 from email.message import EmailMessage as MimeMessage
+from email.utils import make_msgid
 
 import dagster as dg
 from botocore.exceptions import BotoCoreError, ClientError
@@ -26,10 +30,17 @@ class OutgoingEmail:
     to: str
     subject: str
     body: str
+    html: str | None = None
+    to_name: str | None = None
 
 
 class TransientEmailError(RuntimeError):
     """The send may succeed later (server down, throttled, 4xx)."""
+
+    def __init__(self, message: str, *, server_down: bool = False) -> None:
+        super().__init__(message)
+        # The backend itself is unreachable: no use trying the other recipients now.
+        self.server_down = server_down
 
 
 class PermanentEmailError(RuntimeError):
@@ -43,6 +54,26 @@ class EmailSender(ABC):
     def send(self, email: OutgoingEmail) -> str:
         """Send one email; return the backend's message id."""
 
+    @contextmanager
+    def session(self) -> Iterator[Callable[[OutgoingEmail], str]]:
+        """A `send` for many emails in a row (one connection where the backend has one)."""
+        yield self.send
+
+
+def _mime(sender: str, email: OutgoingEmail) -> MimeMessage:
+    """The message with plain text and, when given, HTML; header values are one line each."""
+    message = MimeMessage()
+    message["From"] = sender
+    message["To"] = (
+        str(Address(display_name=email.to_name, addr_spec=email.to)) if email.to_name else email.to
+    )
+    message["Subject"] = email.subject
+    message["Message-ID"] = make_msgid(domain=sender.rpartition("@")[2] or None)
+    message.set_content(email.body)
+    if email.html:
+        message.add_alternative(email.html, subtype="html")
+    return message
+
 
 class SmtpEmailSender(dg.ConfigurableResource, EmailSender):
     """SMTP (SMTP_HOST, SMTP_PORT, SMTP_USERNAME, SMTP_PASSWORD, SMTP_STARTTLS, EMAIL_FROM)."""
@@ -52,37 +83,81 @@ class SmtpEmailSender(dg.ConfigurableResource, EmailSender):
     username: str | None = None
     password: str | None = Field(default=None, description="set with dg.EnvVar('SMTP_PASSWORD')")
     starttls: bool = False
+    use_ssl: bool = Field(default=False, description="SMTP_SSL: TLS from the first byte (465)")
     sender: str = Field(description="EMAIL_FROM")
     timeout_s: float = 10.0
 
     def send(self, email: OutgoingEmail) -> str:
-        message = MimeMessage()
-        message["From"] = self.sender
-        message["To"] = email.to
-        message["Subject"] = email.subject
-        message.set_content(email.body)
+        with self.session() as send:
+            return send(email)
+
+    @contextmanager
+    def session(self) -> Iterator[Callable[[OutgoingEmail], str]]:
+        """One connection for the whole run, opened on first use, reopened once if dropped."""
+        connection: list[smtplib.SMTP] = []
+
+        def send(email: OutgoingEmail) -> str:
+            message = _mime(self.sender, email)
+            for retry in (False, True):
+                try:
+                    if not connection:
+                        connection.append(self._connect())
+                    connection[0].send_message(message)
+                    return str(message["Message-ID"])
+                except smtplib.SMTPServerDisconnected as exc:
+                    connection.clear()
+                    if retry:
+                        raise self._transient(exc) from exc
+                except Exception as exc:
+                    if isinstance(exc, (OSError, smtplib.SMTPConnectError)):
+                        connection.clear()
+                    raise self._classified(exc) from exc
+            raise AssertionError("unreachable")
+
         try:
-            with smtplib.SMTP(self.host, self.port, timeout=self.timeout_s) as smtp:
-                if self.starttls:
-                    smtp.starttls(context=ssl.create_default_context())
-                if self.username:
-                    smtp.login(self.username, self.password or "")
-                smtp.send_message(message)
+            yield send
+        finally:
+            if connection:
+                try:
+                    connection[0].quit()
+                except (smtplib.SMTPException, OSError):
+                    connection[0].close()
+
+    def _connect(self) -> smtplib.SMTP:
+        if self.use_ssl:
+            smtp: smtplib.SMTP = smtplib.SMTP_SSL(
+                self.host, self.port, timeout=self.timeout_s, context=ssl.create_default_context()
+            )
+        else:
+            smtp = smtplib.SMTP(self.host, self.port, timeout=self.timeout_s)
+            if self.starttls:
+                smtp.starttls(context=ssl.create_default_context())
+        if self.username:
+            smtp.login(self.username, self.password or "")
+        return smtp
+
+    def _transient(self, exc: BaseException) -> TransientEmailError:
+        return TransientEmailError(
+            f"SMTP server {self.host}:{self.port} unavailable ({type(exc).__name__}); "
+            "check SMTP_HOST and SMTP_PORT",
+            server_down=True,
+        )
+
+    def _classified(self, exc: BaseException) -> Exception:
+        """Contract 3's two kinds of failure, from what smtplib raised."""
+        try:
+            raise exc
         except smtplib.SMTPRecipientsRefused as exc:
             codes = [code for code, _ in exc.recipients.values()]
             if all(500 <= code < 600 for code in codes):
-                raise PermanentEmailError(f"recipient refused: {codes}") from exc
-            raise TransientEmailError(f"recipient deferred: {codes}") from exc
+                return PermanentEmailError(f"recipient refused: {codes}")
+            return TransientEmailError(f"recipient deferred: {codes}")
         except smtplib.SMTPResponseException as exc:
             if exc.smtp_code in (550, 551, 553) and not isinstance(exc, smtplib.SMTPSenderRefused):
-                raise PermanentEmailError(f"SMTP {exc.smtp_code}") from exc
-            raise TransientEmailError(f"SMTP {exc.smtp_code}") from exc
+                return PermanentEmailError(f"SMTP {exc.smtp_code}")
+            return TransientEmailError(f"SMTP {exc.smtp_code}")
         except (TimeoutError, smtplib.SMTPException, OSError) as exc:
-            raise TransientEmailError(
-                f"SMTP server {self.host}:{self.port} unavailable ({type(exc).__name__}); "
-                "check SMTP_HOST and SMTP_PORT"
-            ) from exc
-        return str(message.get("Message-ID") or "")
+            return self._transient(exc)
 
 
 # SES error codes that will not change on retry.
@@ -98,14 +173,30 @@ class SesEmailSender(ResourceWithBoto3Configuration, EmailSender):
         return boto3_client(self, "sesv2", connect_timeout=5, read_timeout=15)
 
     def send(self, email: OutgoingEmail) -> str:
+        return self._send(self._client(), email)
+
+    @contextmanager
+    def session(self) -> Iterator[Callable[[OutgoingEmail], str]]:
+        client = self._client()
+        yield lambda email: self._send(client, email)
+
+    def _send(self, client, email: OutgoingEmail) -> str:
+        body = {"Text": {"Data": email.body, "Charset": "UTF-8"}}
+        if email.html:
+            body["Html"] = {"Data": email.html, "Charset": "UTF-8"}
+        to = (
+            str(Address(display_name=email.to_name, addr_spec=email.to))
+            if email.to_name
+            else email.to
+        )
         try:
-            response = self._client().send_email(
+            response = client.send_email(
                 FromEmailAddress=self.sender,
-                Destination={"ToAddresses": [email.to]},
+                Destination={"ToAddresses": [to]},
                 Content={
                     "Simple": {
                         "Subject": {"Data": email.subject, "Charset": "UTF-8"},
-                        "Body": {"Text": {"Data": email.body, "Charset": "UTF-8"}},
+                        "Body": body,
                     }
                 },
             )
@@ -116,6 +207,7 @@ class SesEmailSender(ResourceWithBoto3Configuration, EmailSender):
             raise TransientEmailError(f"SES {code}") from exc
         except BotoCoreError as exc:
             raise TransientEmailError(
-                f"SES unreachable ({type(exc).__name__}); check AWS_REGION and AWS_ENDPOINT_URL"
+                f"SES unreachable ({type(exc).__name__}); check AWS_REGION and AWS_ENDPOINT_URL",
+                server_down=True,
             ) from exc
         return response["MessageId"]

@@ -1,0 +1,237 @@
+"""One run of the broker follow-ups at `as_of`, outside Dagster so tests can drive it.
+
+Per due follow-up (Contract 3): expired → PENDING `expired`; `max_emails` sent → PENDING;
+quiet hours → wait; else one email under the attempt key, exactly once:
+
+    claim (insert_one of the key) → send_started_at → send → sent | failed → outcome
+
+A rerun finds the claim: `sent` or UNKNOWN is counted and never re-sent; a claim without
+`send_started_at` (the run died before sending) is sent under the same key; one with it but
+no result becomes UNKNOWN (it may have gone out): counted as sent, never re-sent. A transient
+failure releases the claim for the next run and counts nothing.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from pymongo import UpdateOne
+
+from enrollment_pipeline.defs.email.resources import (
+    OutgoingEmail,
+    PermanentEmailError,
+    TransientEmailError,
+)
+from enrollment_pipeline.defs.mongo.followup_store import (
+    FollowupStore,
+    failed_outcome,
+    pending_outcome,
+    sent_outcome,
+)
+from enrollment_pipeline.domain.followup_rules import (
+    INVALID_ADDRESS,
+    RECIPIENT_REJECTED,
+    Action,
+    FollowupPolicy,
+    decide,
+    followup_email,
+    pending_digest,
+    valid_address,
+)
+
+# Steps a test may stop a run at, to prove an attempt is never sent twice.
+CHECKPOINTS = ("after_claim", "after_send_started", "after_send")
+
+Send = Callable[[OutgoingEmail], str]
+
+
+def no_checkpoint(step: str) -> None:
+    return None
+
+
+@dataclass
+class FollowupReport:
+    """What the run's asset metadata shows."""
+
+    due: int = 0
+    sent: int = 0
+    failed: int = 0  # transient: tried again next run, not counted
+    unknown: int = 0  # may have gone out before a crash: counted as sent, never re-sent
+    escalated: int = 0  # PENDING after max_emails, or a permanent failure
+    expired: int = 0
+    waiting: int = 0  # quiet hours
+    newly_pending: list[tuple[str, str]] = field(default_factory=list)
+    errors: Counter[str] = field(default_factory=Counter)
+    sender_down: str | None = None
+
+
+class Pacer:
+    """At most `per_second` sends a second (SES quotas), spaced evenly."""
+
+    def __init__(self, per_second: float, clock=time.monotonic, sleep=time.sleep) -> None:
+        self.gap, self.clock, self.sleep = 1.0 / per_second, clock, sleep
+        self.next_at = 0.0
+
+    def wait(self) -> None:
+        now = self.clock()
+        if now < self.next_at:
+            self.sleep(self.next_at - now)
+            now = self.next_at
+        self.next_at = now + self.gap
+
+
+def send_followups(
+    store: FollowupStore,
+    send: Send,
+    *,
+    as_of: datetime,
+    policy: FollowupPolicy,
+    max_per_second: float = 10.0,
+    ops_email: str | None = None,
+    run_id: str | None = None,
+    checkpoint: Callable[[str], None] = no_checkpoint,
+) -> FollowupReport:
+    report = FollowupReport()
+    pacer = Pacer(max_per_second)
+    for page in store.due_pages(as_of):
+        applications = store.applications([f["_id"] for f in page])
+        outcomes: list[UpdateOne] = []
+        pending_apps: list[str] = []
+        for followup in page:
+            report.due += 1
+            decision = decide(followup, as_of=as_of, policy=policy)
+            if decision.action is Action.WAIT:
+                report.waiting += 1
+                continue
+            if decision.action in (Action.EXPIRE, Action.ESCALATE):
+                assert decision.reason is not None
+                outcomes.append(pending_outcome(followup, reason=decision.reason, as_of=as_of))
+                pending_apps.append(followup["_id"])
+                report.newly_pending.append((followup["_id"], decision.reason))
+                if decision.action is Action.EXPIRE:
+                    report.expired += 1
+                else:
+                    report.escalated += 1
+                continue
+            if report.sender_down:
+                continue  # counted as due; the next run tries again
+            outcome = _attempt(
+                store,
+                send,
+                followup,
+                applications.get(followup["_id"]),
+                decision.attempt,
+                as_of=as_of,
+                policy=policy,
+                pacer=pacer,
+                report=report,
+                pending_apps=pending_apps,
+                run_id=run_id,
+                checkpoint=checkpoint,
+            )
+            if outcome is not None:
+                outcomes.append(outcome)
+        store.apply(outcomes, pending_apps)
+    if ops_email and report.newly_pending and not report.sender_down:
+        subject, text = pending_digest(report.newly_pending, as_of=as_of)
+        try:
+            send(OutgoingEmail(ops_email, subject, text))
+        except (TransientEmailError, PermanentEmailError) as exc:
+            report.errors[f"ops digest: {exc}"] += 1
+    return report
+
+
+def _attempt(
+    store: FollowupStore,
+    send: Send,
+    followup: dict,
+    application: dict | None,
+    attempt: int | None,
+    *,
+    as_of: datetime,
+    policy: FollowupPolicy,
+    pacer: Pacer,
+    report: FollowupReport,
+    pending_apps: list[str],
+    run_id: str | None,
+    checkpoint: Callable[[str], None],
+) -> UpdateOne | None:
+    """One attempt, exactly once; returns the outcome to write on the follow-up (or None)."""
+    assert attempt is not None
+    key = f"{followup['_id']}:{followup['broker_id']}:{attempt}"
+    next_due_at = as_of + policy.interval
+
+    def counted(status: str) -> UpdateOne:
+        return sent_outcome(
+            followup, attempt=attempt, key=key, as_of=as_of, next_due_at=next_due_at, status=status
+        )
+
+    def rejected(reason: str) -> UpdateOne:
+        report.escalated += 1
+        report.newly_pending.append((followup["_id"], reason))
+        pending_apps.append(followup["_id"])
+        return failed_outcome(followup, attempt=attempt, key=key, reason=reason, as_of=as_of)
+
+    earlier = store.claim(
+        key,
+        {
+            "app_id": followup["_id"],
+            "broker_id": followup["broker_id"],
+            "attempt": attempt,
+            "claimed_at": as_of,
+            "run_id": run_id,
+        },
+    )
+    if earlier is not None:
+        if earlier["status"] in ("sent", "unknown"):
+            report.sent += earlier["status"] == "sent"
+            report.unknown += earlier["status"] == "unknown"
+            return counted(earlier["status"])
+        if earlier["status"] == "failed":
+            return rejected(earlier.get("reason") or RECIPIENT_REJECTED)
+        if earlier.get("send_started_at") is not None:
+            store.set_attempt(key, {"status": "unknown", "resolved_at": as_of})
+            report.unknown += 1
+            return counted("unknown")
+        # Claimed, never sent (a crash before the send, or a transient failure): send now.
+    checkpoint("after_claim")
+
+    email = followup_email(
+        followup,
+        application,
+        attempt_in_cycle=followup.get("retry_count", 0) + 1,
+        max_emails=policy.max_emails,
+    )
+    if not valid_address(email.to):
+        store.set_attempt(key, {"status": "failed", "reason": INVALID_ADDRESS})
+        return rejected(INVALID_ADDRESS)
+    pacer.wait()
+    store.set_attempt(key, {"send_started_at": as_of, "run_id": run_id})
+    checkpoint("after_send_started")
+    try:
+        message_id = send(
+            OutgoingEmail(
+                email.to, email.subject, email.text, html=email.html, to_name=email.to_name
+            )
+        )
+    except PermanentEmailError as exc:
+        store.set_attempt(
+            key, {"status": "failed", "reason": RECIPIENT_REJECTED, "detail": str(exc)}
+        )
+        return rejected(RECIPIENT_REJECTED)
+    except TransientEmailError as exc:
+        # Not sent: release the key (no send_started_at), so the next run sends under it.
+        store.set_attempt(key, {"status": "retry", "detail": str(exc)}, unset=["send_started_at"])
+        report.failed += 1
+        report.errors[str(exc)] += 1
+        if exc.server_down:
+            report.sender_down = str(exc)
+        return None
+    checkpoint("after_send")
+    store.set_attempt(key, {"status": "sent", "sent_at": as_of, "message_id": message_id})
+    report.sent += 1
+    return counted("sent")

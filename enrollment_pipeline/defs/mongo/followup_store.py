@@ -1,0 +1,150 @@
+"""The email job's reads and writes: due follow-ups in pages, attempt claims, outcomes.
+
+The attempt claim is an `insert_one` of the attempt key into `followup_attempts`: a unique
+`_id` is atomic on MongoDB and FerretDB alike. Outcomes are written to the follow-up with a
+guard on `attempt_count`, so applying one twice (a rerun after a crash) changes nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from datetime import datetime
+from typing import Any
+
+from pymongo import ASCENDING, UpdateOne
+from pymongo.database import Database
+from pymongo.errors import DuplicateKeyError
+
+from enrollment_pipeline.defs.mongo.resources import (
+    APPLICATIONS,
+    BROKER_FOLLOWUPS,
+    FOLLOWUP_ATTEMPTS,
+    MongoResource,
+)
+from enrollment_pipeline.defs.mongo.writes import BoundedWriter
+from enrollment_pipeline.domain.followup_queue import AWAITING, OPEN_STATUSES, PENDING
+
+PAGE_SIZE = 500
+
+
+class FollowupStore:
+    def __init__(self, db: Database, writer: BoundedWriter | None = None) -> None:
+        self.db = db
+        self.writer = writer or BoundedWriter()
+
+    @classmethod
+    def of(cls, mongo: MongoResource) -> FollowupStore:
+        return cls(mongo.db(), mongo.writer())
+
+    # -- reads -------------------------------------------------------------------------------
+
+    def due_pages(self, as_of: datetime, page_size: int = PAGE_SIZE) -> Iterator[list[dict]]:
+        """Follow-ups awaiting a signature with `next_due_at` <= `as_of`, a page at a time
+        (keyset by `_id`, so what a page changes never shifts the next one)."""
+        after: str | None = None
+        while True:
+            query: dict[str, Any] = {"status": AWAITING, "next_due_at": {"$lte": as_of}}
+            if after is not None:
+                query["_id"] = {"$gt": after}
+            page = list(
+                self.db[BROKER_FOLLOWUPS].find(query).sort("_id", ASCENDING).limit(page_size)
+            )
+            if not page:
+                return
+            yield page
+            after = page[-1]["_id"]
+
+    def applications(self, ids: Sequence[str]) -> dict[str, dict]:
+        """What the email shows of each application (no contact data is read)."""
+        projection = {"broker": 1, "applicant.first_name": 1, "plan.product": 1}
+        cursor = self.db[APPLICATIONS].find({"_id": {"$in": list(ids)}}, projection)
+        return {d["_id"]: d for d in cursor}
+
+    def open_followups(self) -> list[dict]:
+        """Status, retry count and cycle start of every open follow-up (for the metadata)."""
+        cursor = self.db[BROKER_FOLLOWUPS].find(
+            {"status": {"$in": list(OPEN_STATUSES)}},
+            {"status": 1, "retry_count": 1, "cycle_started_at": 1},
+        )
+        return list(cursor)
+
+    # -- attempts ----------------------------------------------------------------------------
+
+    def claim(self, key: str, fields: Mapping[str, Any]) -> dict | None:
+        """Claim an attempt; None when claimed now, else the attempt as recorded before."""
+        try:
+            self.db[FOLLOWUP_ATTEMPTS].insert_one({"_id": key, "status": "claimed", **fields})
+            return None
+        except DuplicateKeyError:
+            return self.db[FOLLOWUP_ATTEMPTS].find_one({"_id": key})
+
+    def set_attempt(self, key: str, fields: Mapping[str, Any], unset: Sequence[str] = ()) -> None:
+        update: dict[str, Any] = {"$set": dict(fields)}
+        if unset:
+            update["$unset"] = dict.fromkeys(unset, "")
+        self.db[FOLLOWUP_ATTEMPTS].update_one({"_id": key}, update)
+
+    # -- outcomes ----------------------------------------------------------------------------
+
+    def apply(self, outcomes: Sequence[UpdateOne], pending_apps: Sequence[str]) -> None:
+        """Write the page's follow-up outcomes, then mark newly PENDING applications."""
+        self.writer.bulk_write(self.db[BROKER_FOLLOWUPS], outcomes)
+        self.writer.bulk_write(
+            self.db[APPLICATIONS],
+            [
+                UpdateOne({"_id": app_id}, {"$set": {"broker_followup_status": PENDING}})
+                for app_id in pending_apps
+            ],
+        )
+
+
+def sent_outcome(
+    followup: Mapping[str, Any],
+    *,
+    attempt: int,
+    key: str,
+    as_of: datetime,
+    next_due_at: datetime,
+    status: str,
+) -> UpdateOne:
+    """Count an email as sent (also an UNKNOWN one): once, guarded by `attempt_count`."""
+    return UpdateOne(
+        {"_id": followup["_id"], "attempt_count": attempt - 1},
+        {
+            "$set": {
+                "retry_count": followup.get("retry_count", 0) + 1,
+                "attempt_count": attempt,
+                "last_email_sent_at": as_of,
+                "next_due_at": next_due_at,
+            },
+            "$push": {"attempts": {"key": key, "attempt": attempt, "at": as_of, "status": status}},
+        },
+    )
+
+
+def pending_outcome(followup: Mapping[str, Any], *, reason: str, as_of: datetime) -> UpdateOne:
+    """Escalate to PENDING (a person must act); a later signature still makes it SIGNED."""
+    return UpdateOne(
+        {"_id": followup["_id"], "status": AWAITING},
+        {"$set": {"status": PENDING, "pending_reason": reason, "pending_since": as_of}},
+    )
+
+
+def failed_outcome(
+    followup: Mapping[str, Any], *, attempt: int, key: str, reason: str, as_of: datetime
+) -> UpdateOne:
+    """A permanent failure: the attempt is used up and the follow-up goes PENDING."""
+    return UpdateOne(
+        {"_id": followup["_id"], "status": AWAITING},
+        {
+            "$set": {
+                "status": PENDING,
+                "pending_reason": reason,
+                "pending_since": as_of,
+                "attempt_count": max(attempt, followup.get("attempt_count", 0)),
+            },
+            "$push": {
+                "attempts": {"key": key, "attempt": attempt, "at": as_of, "status": "failed"}
+            },
+        },
+    )

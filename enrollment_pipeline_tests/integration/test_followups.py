@@ -1,0 +1,305 @@
+"""Broker follow-up emails (Contract 3) on the real MongoDB-wire server and a real SMTP server.
+
+The queue is filled by the same `apply_parsed` as ingestion; time is driven through `as_of`,
+the way the hourly schedule passes its ticks.
+"""
+
+from __future__ import annotations
+
+import email
+from datetime import datetime, timedelta
+from email import policy as email_policy
+
+import boto3
+import dagster as dg
+import pytest
+
+from enrollment_pipeline.defs.email.resources import SesEmailSender, SmtpEmailSender
+from enrollment_pipeline.defs.followups.assets import (
+    broker_followup_emails,
+    followup_schedule,
+    policy_from,
+)
+from enrollment_pipeline.defs.followups.run import send_followups
+from enrollment_pipeline.defs.ingestion.batch import Source, apply_parsed
+from enrollment_pipeline.defs.mongo.followup_store import FollowupStore
+from enrollment_pipeline.defs.mongo.resources import (
+    APPLICATIONS,
+    BROKER_FOLLOWUPS,
+    FOLLOWUP_ATTEMPTS,
+    MongoResource,
+)
+from enrollment_pipeline.defs.mongo.store import EnrollmentStore
+from enrollment_pipeline.domain.events import EnrollmentEvent
+from enrollment_pipeline.settings import PipelineSettings
+from enrollment_pipeline_tests import factories as f
+from enrollment_pipeline_tests.conftest import Inbox, free_ports
+
+pytestmark = pytest.mark.integration
+
+BROKER_C2 = {"broker_id": "BRK-C2", "name": "Cy Broker", "email": "cy@brokers.example"}
+
+
+def tick(hour: int) -> datetime:
+    """The schedule's tick `hour` hours after the test's submissions (f.T0)."""
+    return f.T0 + timedelta(hours=hour)
+
+
+def ingest(mongo: MongoResource, *events: dict) -> None:
+    parsed = [
+        (Source(f"test:{e['event_id']}", {}, None, None), EnrollmentEvent.model_validate(e))
+        for e in events
+    ]
+    apply_parsed(EnrollmentStore.of(mongo), parsed, publish_leads=None)
+
+
+def smtp(port: int) -> SmtpEmailSender:
+    return SmtpEmailSender(host="127.0.0.1", port=port, sender="followups@example.com", timeout_s=5)
+
+
+def run_tick(mongo, sender, as_of: datetime, **kwargs) -> dg.ExecuteInProcessResult:
+    """What the schedule's tick launches: its run request, executed."""
+    with dg.build_schedule_context(scheduled_execution_time=as_of) as context:
+        request = followup_schedule(PipelineSettings())(context)
+    return dg.materialize(
+        [broker_followup_emails],
+        run_config=request.run_config,
+        resources={"mongo": mongo, "email": sender},
+        raise_on_error=kwargs.get("raise_on_error", True),
+    )
+
+
+def recipients(inbox: Inbox, since: int = 0) -> list[str]:
+    return sorted(rcpt for _, rcpts, _ in inbox.messages[since:] for rcpt in rcpts)
+
+
+def followup(mongo: MongoResource, app_id: str) -> dict:
+    return mongo.db()[BROKER_FOLLOWUPS].find_one({"_id": app_id})
+
+
+def test_eight_hourly_ticks(mongo, smtp_server):
+    inbox, port = smtp_server
+    ingest(
+        mongo,
+        f.submitted("APP-A", 0),  # never signs
+        f.submitted("APP-B", 0),  # signs after the 3rd email
+        f.submitted("APP-C", 0),  # gets a new broker after the 2nd email
+        f.submitted("APP-D", 0),  # withdrawn after the 1st email
+        f.submitted("APP-E", 0, broker=None),  # no broker, no follow-up
+    )
+    ada = f.BROKER_A["email"]
+    cy = BROKER_C2["email"]
+    expected = {
+        1: [ada, ada, ada, ada],
+        2: [ada, ada, ada],
+        3: [ada, ada, cy],  # APP-C's new broker (assigned at 11:10) starts at 1 of 5
+        4: [ada, cy],
+        5: [ada, cy],
+        6: [cy],  # APP-A: 5 emails sent, no 6th: PENDING
+        7: [cy],
+        8: [],  # APP-C's second broker had its 5: PENDING too
+    }
+    for hour in range(1, 9):
+        before = len(inbox.messages)
+        result = run_tick(mongo, smtp(port), tick(hour))
+        assert recipients(inbox, before) == sorted(expected[hour]), hour
+        metadata = result.asset_materializations_for_node("broker_followup_emails")[0].metadata
+        assert metadata["sent"].value == len(expected[hour])
+        if hour == 1:
+            ingest(mongo, f.withdrawn("APP-D", 70))
+        if hour == 2:
+            ingest(mongo, f.event("BrokerAssigned", "APP-C", 130, {"broker": BROKER_C2}))
+        if hour == 3:
+            ingest(mongo, f.signed("APP-B", 190))
+        if hour in (6, 8):
+            app = "APP-A" if hour == 6 else "APP-C"
+            assert metadata["escalated_to_pending"].value == 1
+            assert metadata["newly_pending"].value == [f"{app}: max_emails_reached"]
+
+    a, b, c, d = (followup(mongo, app) for app in ("APP-A", "APP-B", "APP-C", "APP-D"))
+    assert (a["status"], a["retry_count"], a["pending_reason"]) == (
+        "PENDING",
+        5,
+        "max_emails_reached",
+    )
+    assert [x["attempt"] for x in a["attempts"]] == [1, 2, 3, 4, 5]
+    assert (b["status"], b["retry_count"]) == ("SIGNED", 3)
+    assert (c["status"], c["broker_id"], c["retry_count"]) == ("PENDING", "BRK-C2", 5)
+    assert c["attempt_count"] == 7  # attempts never reset: 2 to the first broker, 5 to the second
+    assert (d["status"], d["retry_count"]) == ("CLOSED", 1)
+    statuses = {
+        doc["_id"]: doc["broker_followup_status"] for doc in mongo.db()[APPLICATIONS].find()
+    }
+    assert statuses == {
+        "APP-A": "PENDING",
+        "APP-B": "SIGNED",
+        "APP-C": "PENDING",
+        "APP-D": "CLOSED",
+        "APP-E": None,
+    }
+    # The email says who, which application, what to do, and which reminder it is.
+    first = email.message_from_bytes(inbox.messages[0][2], policy=email_policy.default)
+    assert "Jane" in first["Subject"] and "medical" in first["Subject"]
+    text = first.get_body(("plain",)).get_content()
+    assert "sign it in the broker portal" in text and "reminder 1 of 5" in text
+    assert first.get_body(("html",)) is not None
+    assert "jane.doe@example.com" not in inbox.messages[0][2].decode()  # no contact data
+
+
+def test_a_rerun_of_the_same_tick_sends_nothing_again(mongo, smtp_server):
+    inbox, port = smtp_server
+    ingest(mongo, f.submitted("APP-1", 0), f.submitted("APP-2", 0))
+    run_tick(mongo, smtp(port), tick(1))
+    run_tick(mongo, smtp(port), tick(1))
+    assert len(inbox.messages) == 2
+    assert followup(mongo, "APP-1")["retry_count"] == 1
+
+
+@pytest.mark.parametrize(
+    ("crash_at", "emails_after_rerun", "attempt_status"),
+    [("after_claim", 1, "sent"), ("after_send_started", 0, "unknown"), ("after_send", 1, "unknown")],
+)
+def test_a_crash_between_claim_and_send_never_sends_an_attempt_twice(
+    mongo, smtp_server, crash_at, emails_after_rerun, attempt_status
+):
+    inbox, port = smtp_server
+    ingest(mongo, f.submitted("APP-1", 0))
+    store = FollowupStore.of(mongo)
+    policy = policy_from(PipelineSettings())
+
+    def crash(step: str) -> None:
+        if step == crash_at:
+            raise RuntimeError(f"killed {step}")
+
+    with smtp(port).session() as send, pytest.raises(RuntimeError):
+        send_followups(store, send, as_of=tick(1), policy=policy, checkpoint=crash)
+    with smtp(port).session() as send:
+        report = send_followups(store, send, as_of=tick(1), policy=policy)
+
+    assert len(inbox.messages) == emails_after_rerun
+    assert (report.sent, report.unknown) == ((1, 0) if attempt_status == "sent" else (0, 1))
+    (attempt,) = mongo.db()[FOLLOWUP_ATTEMPTS].find()
+    assert (attempt["_id"], attempt["status"]) == ("APP-1:BRK-A:1", attempt_status)
+    assert followup(mongo, "APP-1")["retry_count"] == 1  # UNKNOWN counts as sent
+    with smtp(port).session() as send:  # and is never sent again at that tick
+        send_followups(store, send, as_of=tick(1), policy=policy)
+    assert len(inbox.messages) == emails_after_rerun
+
+
+def test_smtp_down_for_a_tick_counts_nothing_and_the_next_tick_sends_all(mongo, smtp_server):
+    inbox, port = smtp_server
+    ingest(mongo, f.submitted("APP-1", 0), f.submitted("APP-2", 0))
+    (closed_port,) = free_ports(1)
+
+    down = run_tick(mongo, smtp(closed_port), tick(1), raise_on_error=False)
+
+    assert not down.success  # red in the UI
+    assert [followup(mongo, a)["retry_count"] for a in ("APP-1", "APP-2")] == [0, 0]
+    run_tick(mongo, smtp(port), tick(2))
+    assert recipients(inbox) == [f.BROKER_A["email"]] * 2
+    assert [followup(mongo, a)["retry_count"] for a in ("APP-1", "APP-2")] == [1, 1]
+
+
+def test_a_rejected_recipient_goes_pending_and_the_others_are_sent(mongo, smtp_server):
+    inbox, port = smtp_server
+    rejected = {"broker_id": "BRK-X", "name": "Xi", "email": "xi@invalid.example"}
+    ingest(mongo, f.submitted("APP-1", 0, broker=rejected), f.submitted("APP-2", 0))
+
+    result = run_tick(mongo, smtp(port), tick(1))
+
+    assert recipients(inbox) == [f.BROKER_A["email"]]
+    bad = followup(mongo, "APP-1")
+    assert (bad["status"], bad["pending_reason"]) == ("PENDING", "recipient_rejected")
+    assert (
+        mongo.db()[APPLICATIONS].find_one({"_id": "APP-1"})["broker_followup_status"] == "PENDING"
+    )
+    metadata = result.asset_materializations_for_node("broker_followup_emails")[0].metadata
+    assert (metadata["sent"].value, metadata["escalated_to_pending"].value) == (1, 1)
+    run_tick(mongo, smtp(port), tick(2))  # PENDING: no more attempts
+    assert recipients(inbox) == [f.BROKER_A["email"]] * 2
+
+
+def test_a_broker_name_with_crlf_cannot_inject_a_header(mongo, smtp_server):
+    inbox, port = smtp_server
+    evil = {
+        "broker_id": "BRK-E",
+        "name": "Eve\r\nBcc: victim@example.com\r\nSubject: pwned",
+        "email": "eve@brokers.example",
+    }
+    ingest(mongo, f.submitted("APP-1", 0, broker=evil))
+
+    run_tick(mongo, smtp(port), tick(1))
+
+    ((_, rcpts, raw),) = inbox.messages
+    assert rcpts == ["eve@brokers.example"]
+    message = email.message_from_bytes(raw, policy=email_policy.default)
+    assert message["Bcc"] is None
+    assert message.get_all("Subject") == [message["Subject"]]
+    assert "pwned" not in message["Subject"]
+    assert "victim@example.com" not in str(message["To"]).split("<")[-1]
+
+
+def test_an_application_older_than_the_cutoff_expires_and_ops_get_one_digest(
+    mongo, smtp_server, monkeypatch
+):
+    inbox, port = smtp_server
+    monkeypatch.setenv("OPS_EMAIL", "ops@example.com")
+    ingest(
+        mongo,
+        f.submitted("APP-OLD", 0),
+        f.submitted("APP-OLD-2", 1),
+        f.submitted("APP-NEW", 60 * 24 * 31),
+    )
+
+    run_tick(mongo, smtp(port), tick(24 * 31 + 1))
+
+    assert recipients(inbox) == sorted([f.BROKER_A["email"], "ops@example.com"])
+    for app in ("APP-OLD", "APP-OLD-2"):
+        doc = followup(mongo, app)
+        assert (doc["status"], doc["pending_reason"], doc["retry_count"]) == (
+            "PENDING",
+            "expired",
+            0,
+        )
+    digest = next(raw for _, rcpts, raw in inbox.messages if rcpts == ["ops@example.com"])
+    assert b"APP-OLD: expired" in digest and b"APP-OLD-2: expired" in digest
+    run_tick(mongo, smtp(port), tick(24 * 31 + 2))  # nothing newly PENDING: no digest
+    assert sum(rcpts == ["ops@example.com"] for _, rcpts, _ in inbox.messages) == 1
+
+
+def test_quiet_hours_hold_emails_until_they_end(mongo, smtp_server, monkeypatch):
+    inbox, port = smtp_server
+    monkeypatch.setenv("FOLLOWUP_QUIET_HOURS", "20-07")
+    ingest(mongo, f.submitted("APP-1", 0))  # 09:00 UTC
+
+    run_tick(mongo, smtp(port), tick(13))  # 22:00 UTC
+    assert inbox.messages == []
+    run_tick(mongo, smtp(port), tick(22))  # 07:00 UTC
+    assert recipients(inbox) == [f.BROKER_A["email"]]
+
+
+def test_ses_backend_through_moto(mongo, moto_endpoint, aws_credentials):
+    ses = boto3.client("sesv2", region_name="us-east-1", endpoint_url=moto_endpoint)
+    ses.create_email_identity(EmailIdentity="followups@example.com")
+    quota = boto3.client("ses", region_name="us-east-1", endpoint_url=moto_endpoint)
+    before = quota.get_send_quota()["SentLast24Hours"]
+    ingest(mongo, f.submitted("APP-1", 0), f.submitted("APP-2", 0))
+    sender = SesEmailSender(
+        sender="followups@example.com", region_name="us-east-1", endpoint_url=moto_endpoint
+    )
+
+    run_tick(mongo, sender, tick(1))
+
+    assert quota.get_send_quota()["SentLast24Hours"] == before + 2
+    assert followup(mongo, "APP-1")["retry_count"] == 1
+
+
+def test_the_schedule_is_hourly_off_by_default_and_passes_its_tick():
+    schedule = followup_schedule(PipelineSettings())
+    assert schedule.name == "hourly_broker_followups"
+    assert schedule.cron_schedule == "0 * * * *"
+    assert schedule.default_status == dg.DefaultScheduleStatus.STOPPED
+    with dg.build_schedule_context(scheduled_execution_time=tick(1)) as context:
+        request = schedule(context)
+    config = request.run_config["ops"]["broker_followup_emails"]["config"]
+    assert config == {"as_of": tick(1).isoformat()}
