@@ -111,6 +111,13 @@ def test_eight_hourly_ticks(mongo, smtp_server):
             ingest(mongo, f.event("BrokerAssigned", "APP-C", 130, {"broker": BROKER_C2}))
         if hour == 3:
             ingest(mongo, f.signed("APP-B", 190))
+        if hour == 1:
+            assert metadata["oldest_unsigned_age_hours"].value == 1.0
+            assert metadata["due"].value == 4
+        if hour == 8:  # APP-A and APP-C wait for a person, each after 5 emails
+            assert metadata["open_followups"].value == 2
+            rows = [r.data for r in metadata["open_by_retry_count"].value.records]
+            assert rows == [{"retry_count": 5, "status": "PENDING", "followups": 2}]
         if hour in (6, 8):
             app = "APP-A" if hour == 6 else "APP-C"
             assert metadata["escalated_to_pending"].value == 1
@@ -157,7 +164,11 @@ def test_a_rerun_of_the_same_tick_sends_nothing_again(mongo, smtp_server):
 
 @pytest.mark.parametrize(
     ("crash_at", "emails_after_rerun", "attempt_status"),
-    [("after_claim", 1, "sent"), ("after_send_started", 0, "unknown"), ("after_send", 1, "unknown")],
+    [
+        ("after_claim", 1, "sent"),
+        ("after_send_started", 0, "unknown"),
+        ("after_send", 1, "unknown"),
+    ],
 )
 def test_a_crash_between_claim_and_send_never_sends_an_attempt_twice(
     mongo, smtp_server, crash_at, emails_after_rerun, attempt_status

@@ -17,6 +17,11 @@ def test_definitions_load_with_every_resource():
     repository = loaded.get_repository_def()
     assert repository.has_job("ingest_enrollment_events")  # Contract 6 names
     assert repository.has_sensor_def("enrollment_events_sensor")
+    assert repository.has_job("send_broker_followups")
+    assert repository.has_schedule_def("hourly_broker_followups")
+    assert loaded.resolve_assets_def("broker_followup_emails").dependency_keys == {
+        dg.AssetKey("broker_followups")
+    }
 
 
 def test_environment_configures_the_resources(monkeypatch):

@@ -90,22 +90,16 @@ def broker_followup_emails(
 
 def run_metadata(report: FollowupReport, store: FollowupStore, *, as_of: datetime) -> dict:
     """The run's numbers (plotted over time by the UI) and the open follow-ups by retry count."""
-    open_followups = pd.DataFrame(
-        store.open_followups(), columns=["status", "retry_count", "cycle_started_at"]
-    )
     by_retry = (
-        open_followups.fillna({"retry_count": 0})
-        .astype({"retry_count": int})
-        .groupby(["retry_count", "status"])
-        .size()
-        .reset_index(name="followups")
+        pd.DataFrame(store.open_by_retry_count(), columns=["retry_count", "status", "followups"])
+        .fillna({"retry_count": 0})
+        .astype({"retry_count": int, "followups": int})
+        .groupby(["retry_count", "status"], as_index=False)["followups"]
+        .sum()
+        .sort_values(["retry_count", "status"])
     )
-    awaiting = open_followups[open_followups["status"] == "AWAITING_SIGNATURE"]
-    oldest = (
-        (as_of - to_utc(min(awaiting["cycle_started_at"]))).total_seconds() / 3600
-        if len(awaiting)
-        else 0.0
-    )
+    oldest_start = store.oldest_awaiting_cycle_start()
+    oldest = (as_of - to_utc(oldest_start)).total_seconds() / 3600 if oldest_start else 0.0
     return {
         "as_of": as_of.isoformat(),
         "due": report.due,
@@ -116,7 +110,7 @@ def run_metadata(report: FollowupReport, store: FollowupStore, *, as_of: datetim
         "expired": report.expired,
         "waiting_quiet_hours": report.waiting,
         "newly_pending": [f"{app}: {reason}" for app, reason in report.newly_pending],
-        "open_followups": len(open_followups),
+        "open_followups": int(by_retry["followups"].sum()),
         "oldest_unsigned_age_hours": round(oldest, 1),
         "open_by_retry_count": dg.MetadataValue.table(
             records=[

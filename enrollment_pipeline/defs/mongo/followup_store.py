@@ -60,13 +60,27 @@ class FollowupStore:
         cursor = self.db[APPLICATIONS].find({"_id": {"$in": list(ids)}}, projection)
         return {d["_id"]: d for d in cursor}
 
-    def open_followups(self) -> list[dict]:
-        """Status, retry count and cycle start of every open follow-up (for the metadata)."""
-        cursor = self.db[BROKER_FOLLOWUPS].find(
-            {"status": {"$in": list(OPEN_STATUSES)}},
-            {"status": 1, "retry_count": 1, "cycle_started_at": 1},
+    def open_by_retry_count(self) -> list[dict]:
+        """Open follow-ups counted by retry count and status: one aggregation, however many
+        are open (FerretDB v1 has `$sum` in `$group`, not `$min`)."""
+        cursor = self.db[BROKER_FOLLOWUPS].aggregate(
+            [
+                {"$match": {"status": {"$in": list(OPEN_STATUSES)}}},
+                {
+                    "$group": {
+                        "_id": {"retry_count": "$retry_count", "status": "$status"},
+                        "followups": {"$sum": 1},
+                    }
+                },
+            ]
         )
-        return list(cursor)
+        return [{**row["_id"], "followups": row["followups"]} for row in cursor]
+
+    def oldest_awaiting_cycle_start(self) -> datetime | None:
+        oldest = self.db[BROKER_FOLLOWUPS].find_one(
+            {"status": AWAITING}, {"cycle_started_at": 1}, sort=[("cycle_started_at", ASCENDING)]
+        )
+        return oldest["cycle_started_at"] if oldest else None
 
     # -- attempts ----------------------------------------------------------------------------
 
