@@ -166,6 +166,7 @@ class Inbox:
 
     def __init__(self) -> None:
         self.messages: list[tuple[str, list[str], bytes]] = []
+        self.peers: list[tuple[str, int]] = []  # the client connection of each message
 
     async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
         if address.endswith("@invalid.example"):
@@ -175,6 +176,7 @@ class Inbox:
 
     async def handle_DATA(self, server, session, envelope):
         self.messages.append((envelope.mail_from, list(envelope.rcpt_tos), envelope.content))
+        self.peers.append(session.peer)
         return "250 Message accepted for delivery"
 
 
@@ -182,10 +184,17 @@ class Inbox:
 def smtp_server() -> Iterator[tuple[Inbox, int]]:
     inbox = Inbox()
     (port,) = free_ports(1)
-    controller = Controller(inbox, hostname="127.0.0.1", port=port)
-    controller.start()
+    controllers = [Controller(inbox, hostname="127.0.0.1", port=port)]
+    controllers[0].start()
+
+    def restart() -> None:  # a new server on the same port: every connection is dropped
+        controllers[-1].stop()
+        controllers.append(Controller(inbox, hostname="127.0.0.1", port=port))
+        controllers[-1].start()
+
+    inbox.restart = restart
     yield inbox, port
-    controller.stop()
+    controllers[-1].stop()
 
 
 @pytest.fixture(scope="module")

@@ -28,6 +28,23 @@ def test_smtp_email_is_received(smtp_server):
     assert b"Please sign." in content
 
 
+def test_an_smtp_session_keeps_one_connection_and_reconnects_when_dropped(smtp_server):
+    inbox, port = smtp_server
+    sender = SmtpEmailSender(host="127.0.0.1", port=port, sender="followups@example.com")
+    with sender.session() as send:
+        send(OutgoingEmail("a@example.com", "s", "b", html="<p>b</p>"))
+        send(OutgoingEmail("b@example.com", "s", "b"))
+        inbox.restart()  # the server drops the connection between two sends
+        send(OutgoingEmail("c@example.com", "s", "b"))
+    assert [rcpt for _, (rcpt,), _ in inbox.messages] == [
+        "a@example.com",
+        "b@example.com",
+        "c@example.com",
+    ]
+    assert inbox.peers[0] == inbox.peers[1] != inbox.peers[2]
+    assert b"text/html" in inbox.messages[0][2]
+
+
 def test_smtp_rejected_recipient_is_permanent(smtp_server):
     inbox, port = smtp_server
     sender = SmtpEmailSender(host="127.0.0.1", port=port, sender="followups@example.com")

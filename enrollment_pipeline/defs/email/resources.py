@@ -99,15 +99,21 @@ class SmtpEmailSender(dg.ConfigurableResource, EmailSender):
         def send(email: OutgoingEmail) -> str:
             message = _mime(self.sender, email)
             for retry in (False, True):
+                reused = bool(connection)
                 try:
                     if not connection:
                         connection.append(self._connect())
                     connection[0].send_message(message)
                     return str(message["Message-ID"])
-                except smtplib.SMTPServerDisconnected as exc:
+                except (
+                    smtplib.SMTPServerDisconnected,
+                    ConnectionResetError,
+                    BrokenPipeError,
+                ) as exc:
                     connection.clear()
-                    if retry:
+                    if retry or not reused:
                         raise self._transient(exc) from exc
+                    # The server dropped the idle connection: open a new one, once.
                 except Exception as exc:
                     if isinstance(exc, (OSError, smtplib.SMTPConnectError)):
                         connection.clear()
