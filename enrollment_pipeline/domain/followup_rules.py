@@ -127,8 +127,8 @@ def followup_email(
     lines = [
         f"Hello {broker_name},",
         "",
-        f"{applicant.capitalize()} {product.lower()} application {app_id} is waiting for your "
-        "broker signature.",
+        f"{applicant[0].upper()}{applicant[1:]} {product.lower()} application {app_id} is "
+        "waiting for your broker signature.",
         "Please review the application and sign it in the broker portal, so that it can be "
         "approved.",
         "",
