@@ -57,7 +57,8 @@ class SmtpSink:
             timeout_s=self.timeout_s,
         ):
             return
-        self.maildir.mkdir(parents=True, exist_ok=True)
+        for folder in ("tmp", "new", "cur"):  # a Maildir: aiosmtpd creates none of them
+            (self.maildir / folder).mkdir(parents=True, exist_ok=True)
         proc = self.daemon.start(
             [
                 sys.executable,

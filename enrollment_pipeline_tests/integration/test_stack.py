@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from enrollment_pipeline.defs.email.resources import OutgoingEmail, SmtpEmailSender
 from enrollment_pipeline.defs.kafka.resources import KafkaResource
 from enrollment_pipeline.defs.mongo.resources import MongoResource
 from enrollment_pipeline.settings import PipelineSettings
@@ -44,6 +45,12 @@ def test_up_twice_down_then_up_keeps_the_data():
         mongo.client().close()
         kafka = KafkaResource(bootstrap_servers=env["KAFKA_BOOTSTRAP_SERVERS"])
         kafka.produce_batch(env["ENROLLMENT_TOPIC"], [(b"APP-1", marker.encode())])
+        # The SMTP sink keeps what it receives, one file per message in its Maildir.
+        SmtpEmailSender(
+            host=env["SMTP_HOST"], port=int(env["SMTP_PORT"]), sender="t@x.example"
+        ).send(OutgoingEmail("broker@example.com", f"Signature needed {marker}", "Please sign."))
+        (kept,) = (state_dir / "mail" / "new").iterdir()
+        assert marker in kept.read_text()
 
         assert sorted(stack.down()) == ["kafka", "mongo", "postgres", "smtp"]
         assert not any(_alive(pid) for pid in first.values())
