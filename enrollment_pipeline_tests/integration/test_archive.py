@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import gzip
-from collections.abc import Iterator
 from datetime import date
 
 import boto3
 import pytest
-from moto.server import ThreadedMotoServer
 
 from enrollment_pipeline.defs.archive.resources import ArchiveResource, ArchiveTailError
-from enrollment_pipeline_tests.conftest import free_ports
 
 pytestmark = pytest.mark.integration
 
@@ -23,26 +20,15 @@ MANY = [f'{{"event_id": "e{i}"}}'.encode() for i in range(5000)]
 TRUNCATED = gzip.compress(b"\n".join(MANY) + b"\n")[:-200]
 
 
-@pytest.fixture(scope="module")
-def s3_endpoint() -> Iterator[str]:
-    (port,) = free_ports(1)
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    yield f"http://127.0.0.1:{port}"
-    server.stop()
-
-
 @pytest.fixture
-def s3_archive(s3_endpoint, monkeypatch) -> ArchiveResource:
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    s3 = boto3.client("s3", region_name="us-east-1", endpoint_url=s3_endpoint)
+def s3_archive(moto_endpoint, aws_credentials) -> ArchiveResource:
+    s3 = boto3.client("s3", region_name="us-east-1", endpoint_url=moto_endpoint)
     s3.create_bucket(Bucket="history")
     s3.put_object(Bucket="history", Key="enrollment/2024-03-05.jsonl", Body=PLAIN)
     s3.put_object(Bucket="history", Key="enrollment/2024-03-05.jsonl.gz", Body=GZIPPED)
     s3.put_object(Bucket="history", Key="enrollment/2024-03-06.jsonl.gz", Body=TRUNCATED)
     return ArchiveResource(
-        root="s3://history/enrollment", region_name="us-east-1", endpoint_url=s3_endpoint
+        root="s3://history/enrollment", region_name="us-east-1", endpoint_url=moto_endpoint
     )
 
 
