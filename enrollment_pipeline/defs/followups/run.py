@@ -36,6 +36,7 @@ from enrollment_pipeline.domain.followup_rules import (
     INVALID_ADDRESS,
     RECIPIENT_REJECTED,
     Action,
+    Decision,
     FollowupPolicy,
     decide,
     followup_email,
@@ -124,7 +125,7 @@ def send_followups(
                 send,
                 followup,
                 applications.get(followup["_id"]),
-                decision.attempt,
+                decision,
                 as_of=as_of,
                 policy=policy,
                 pacer=pacer,
@@ -150,7 +151,7 @@ def _attempt(
     send: Send,
     followup: dict,
     application: dict | None,
-    attempt: int | None,
+    decision: Decision,
     *,
     as_of: datetime,
     policy: FollowupPolicy,
@@ -161,8 +162,9 @@ def _attempt(
     checkpoint: Callable[[str], None],
 ) -> UpdateOne | None:
     """One attempt, exactly once; returns the outcome to write on the follow-up (or None)."""
-    assert attempt is not None
-    key = f"{followup['_id']}:{followup['broker_id']}:{attempt}"
+    attempt = decision.attempt
+    assert attempt is not None  # a SEND decision always carries its attempt number
+    key = decision.attempt_key(followup)
     next_due_at = as_of + policy.interval
 
     def counted(status: str) -> UpdateOne:
