@@ -30,10 +30,10 @@ from itertools import islice
 
 from pymongo import MongoClient, monitoring
 
-from enrollment_pipeline.defs.ingestion.batch import Source, apply_parsed
 from enrollment_pipeline.defs.mongo.resources import ENROLLMENT_EVENTS, MongoResource
-from enrollment_pipeline.defs.mongo.store import EnrollmentStore
 from enrollment_pipeline.domain.events import parse_record
+from enrollment_pipeline.lib.ingestion.batch import Source, apply_parsed
+from enrollment_pipeline.lib.mongo.store import EnrollmentStore
 from enrollment_pipeline.sample_data import synthetic_events
 from enrollment_pipeline.settings import PipelineSettings
 

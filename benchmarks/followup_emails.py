@@ -24,13 +24,13 @@ import boto3
 from moto.server import ThreadedMotoServer
 
 from enrollment_pipeline.defs.email.resources import SesEmailSender, SmtpEmailSender
-from enrollment_pipeline.defs.followups.run import send_followups
-from enrollment_pipeline.defs.ingestion.batch import Source, apply_parsed
-from enrollment_pipeline.defs.mongo.followup_store import FollowupStore
 from enrollment_pipeline.defs.mongo.resources import mongo_from_settings
-from enrollment_pipeline.defs.mongo.store import EnrollmentStore
 from enrollment_pipeline.domain.events import EnrollmentEvent
 from enrollment_pipeline.domain.followup_rules import FollowupPolicy
+from enrollment_pipeline.lib.followups.run import send_followups
+from enrollment_pipeline.lib.ingestion.batch import Source, apply_parsed
+from enrollment_pipeline.lib.mongo.followup_store import FollowupStore
+from enrollment_pipeline.lib.mongo.store import EnrollmentStore
 from enrollment_pipeline.settings import PipelineSettings
 
 SUBMITTED_AT = datetime(2026, 11, 2, 9, 0, tzinfo=UTC)

@@ -23,12 +23,13 @@ from datetime import UTC, datetime
 import dagster as dg
 from pymongo import MongoClient, monitoring
 
-from enrollment_pipeline.defs.ingestion.ranges import PartitionRange, RangePlan
-from enrollment_pipeline.defs.ingestion.run import ingest_range
 from enrollment_pipeline.defs.ingestion.sensors import enrollment_events_sensor
 from enrollment_pipeline.defs.kafka.resources import KafkaResource
 from enrollment_pipeline.defs.mongo.resources import MongoResource
-from enrollment_pipeline.defs.mongo.store import EnrollmentStore
+from enrollment_pipeline.defs.pipeline_settings import PipelineSettingsResource
+from enrollment_pipeline.domain.offset_ranges import PartitionRange, RangePlan
+from enrollment_pipeline.lib.ingestion.run import ingest_range
+from enrollment_pipeline.lib.mongo.store import EnrollmentStore
 from enrollment_pipeline.sample_data import synthetic_events
 from enrollment_pipeline.settings import PipelineSettings
 
@@ -113,21 +114,21 @@ def bench_ingest(settings: PipelineSettings, events: int, partitions: int) -> No
 
 
 def bench_sensor_tick(settings: PipelineSettings, ticks: int) -> None:
-    import os
-
     kafka = KafkaResource(bootstrap_servers=settings.kafka_bootstrap_servers)
     topic = f"bench-tick-{uuid.uuid4().hex[:8]}"
     kafka.ensure_topics([topic], partitions=12)
     mongo = MongoResource(uri=settings.mongo_uri, database=f"bench_{uuid.uuid4().hex[:8]}")
-    os.environ["ENROLLMENT_TOPIC"] = topic
+    resources = {
+        "kafka": kafka,
+        "mongo": mongo,
+        "settings": PipelineSettingsResource(enrollment_topic=topic),
+    }
     try:
         produce(kafka, topic, 1200)
         timings = []
         with dg.instance_for_test() as instance:
             for _ in range(ticks + 1):
-                with dg.build_sensor_context(
-                    instance=instance, resources={"kafka": kafka, "mongo": mongo}
-                ) as context:
+                with dg.build_sensor_context(instance=instance, resources=resources) as context:
                     started = time.perf_counter()
                     result = enrollment_events_sensor(context)
                     timings.append(time.perf_counter() - started)

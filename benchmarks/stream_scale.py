@@ -15,7 +15,6 @@ Run against the local stack (or any Kafka and MongoDB the Contract-6 variables n
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 import uuid
@@ -75,11 +74,6 @@ def main() -> None:
     kafka.ensure_topics([topic, lead_topic], partitions=args.partitions)
     mongo = mongo_from_settings(settings, database=f"scale_{uuid.uuid4().hex[:8]}")
     mongo.ensure_indexes()
-    os.environ.update(
-        ENROLLMENT_TOPIC=topic,
-        LEAD_TOPIC=lead_topic,
-        INGEST_MAX_EVENTS_PER_RUN=str(args.max_events_per_run),
-    )
     print(
         f"Kafka {settings.kafka_bootstrap_servers}, Mongo {settings.mongo_uri} "
         f"({mongo.engine()}, {mongo.writer().updates_per_command} statements per update command)"
@@ -100,7 +94,7 @@ def main() -> None:
                     pipeline.produce(part[i : i + 10_000])
                 commands.counts.clear()
                 started = time.perf_counter()
-                runs += drain(instance, pipeline)
+                runs += drain(instance, pipeline, ingest_max_events_per_run=args.max_events_per_run)
                 seconds += time.perf_counter() - started
         mongo_commands = sum(commands.counts.values())
 

@@ -256,7 +256,7 @@ def _pipeline(with_store: bool = True):
     """The Kafka resource and the store, from the Contract-6 environment."""
     from enrollment_pipeline.defs.kafka.resources import KafkaResource
     from enrollment_pipeline.defs.mongo.resources import mongo_from_settings
-    from enrollment_pipeline.defs.mongo.store import EnrollmentStore
+    from enrollment_pipeline.lib.mongo.store import EnrollmentStore
 
     settings = PipelineSettings()
     kafka = KafkaResource(
@@ -305,7 +305,7 @@ def offsets() -> None:
 @offsets.command("show")
 def offsets_show() -> None:
     """Committed (Mongo, authoritative), the Kafka copy, end and lag per group and partition."""
-    from enrollment_pipeline.defs.ingestion.operations import offset_rows
+    from enrollment_pipeline.lib.operations import offset_rows
 
     settings, kafka, store = _pipeline()
     rows = offset_rows(
@@ -348,7 +348,7 @@ def offsets_reset(to_offset, to_time, partitions, force, yes) -> None:
     """
     from datetime import UTC
 
-    from enrollment_pipeline.defs.ingestion.operations import reset_offsets, reset_targets
+    from enrollment_pipeline.lib.operations import reset_offsets, reset_targets
 
     if (to_offset is None) == (to_time is None):
         raise click.UsageError("give exactly one of --to-offset and --to-time")
@@ -385,7 +385,7 @@ def dead_letters() -> None:
 def dead_letters_list(reason, since, include_all, limit) -> None:
     from datetime import UTC
 
-    from enrollment_pipeline.defs.ingestion.operations import list_dead_letters
+    from enrollment_pipeline.lib.operations import list_dead_letters
 
     _, _, store = _pipeline()
     rows = list_dead_letters(
@@ -436,7 +436,7 @@ def dead_letters_show(letter_id) -> None:
 @click.option("--reason", help="Re-drive every open letter with this reason.")
 def dead_letters_redrive(letter_ids, reason) -> None:
     """Parse the kept input again and apply what is valid now (leads are published)."""
-    from enrollment_pipeline.defs.ingestion.operations import list_dead_letters, redrive
+    from enrollment_pipeline.lib.operations import list_dead_letters, redrive
 
     settings, kafka, store = _pipeline()
     ids = list(letter_ids)

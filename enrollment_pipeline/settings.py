@@ -42,7 +42,7 @@ class PipelineSettings(BaseSettings):
     mongo_database: str = "enrollment"
     # How long one MongoDB command may take: a stalled server fails the run, never hangs it.
     mongo_timeout_ms: int = Field(default=30_000, ge=100)
-    # Statements per update command; unset: chosen by engine (see defs/mongo/writes.py).
+    # Statements per update command; unset: chosen by engine (see lib/mongo/writes.py).
     mongo_max_writes_per_command: int | None = Field(default=None, ge=1)
 
     email_backend: Literal["smtp", "ses"] = "smtp"
@@ -61,6 +61,18 @@ class PipelineSettings(BaseSettings):
 
     lead_api_url: str = "http://127.0.0.1:8090"
     lead_api_token: SecretStr | None = None
+    # One CRM request: connect and read timeouts; attempts per lead within one run.
+    lead_api_connect_timeout_seconds: float = Field(default=3.0, gt=0)
+    lead_api_read_timeout_seconds: float = Field(default=10.0, gt=0)
+    lead_api_max_attempts: int = Field(default=5, ge=1)
+
+    # Lead delivery runs (DESIGN Contract 4; README "Delivering leads").
+    lead_max_per_run: int = Field(default=10_000, ge=1)
+    lead_max_range_attempts: int = Field(default=3, ge=1)
+    lead_run_budget_seconds: float = Field(default=600.0, gt=0)
+    lead_concurrency: int = Field(default=8, ge=1)
+    lead_park_minutes: float = Field(default=15.0, ge=0)
+    lead_max_parked: int = Field(default=0, ge=0)
 
     archive_root: str = "./archive"
     archive_start_date: date = date(2024, 1, 1)
@@ -120,4 +132,6 @@ class StackSettings(BaseSettings):
     # Below the kernel's ephemeral range (32768+): a client socket there could hold the port.
     postgres_port: int = 25432
     smtp_port: int = 1025
+    # The local CRM test double (stack/crm.py); LEAD_API_URL points at it.
+    crm_port: int = 8090
     start_timeout_s: float = 120.0

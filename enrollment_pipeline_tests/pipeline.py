@@ -8,8 +8,6 @@ from collections import Counter, defaultdict
 import dagster as dg
 
 from enrollment_pipeline.defs.ingestion.jobs import ingest_enrollment_events
-from enrollment_pipeline.defs.ingestion.ranges import PartitionRange, RangePlan
-from enrollment_pipeline.defs.ingestion.run import IngestResult, ingest_range
 from enrollment_pipeline.defs.ingestion.sensors import enrollment_events_sensor
 from enrollment_pipeline.defs.kafka.resources import KafkaResource
 from enrollment_pipeline.defs.mongo.resources import (
@@ -18,11 +16,14 @@ from enrollment_pipeline.defs.mongo.resources import (
     DEAD_LETTERS,
     MongoResource,
 )
-from enrollment_pipeline.defs.mongo.store import EnrollmentStore
+from enrollment_pipeline.defs.pipeline_settings import PipelineSettingsResource
 from enrollment_pipeline.domain.events import EnrollmentEvent, parse_record
 from enrollment_pipeline.domain.followup_queue import mongo_precision
 from enrollment_pipeline.domain.leads import lead_events
+from enrollment_pipeline.domain.offset_ranges import PartitionRange, RangePlan
 from enrollment_pipeline.domain.projection import fold_application
+from enrollment_pipeline.lib.ingestion.run import IngestResult, ingest_range
+from enrollment_pipeline.lib.mongo.store import EnrollmentStore
 
 
 class Pipeline:
@@ -31,6 +32,15 @@ class Pipeline:
     def __init__(self, kafka: KafkaResource, mongo: MongoResource, topic: str, lead_topic: str):
         self.kafka, self.mongo, self.topic, self.lead_topic = kafka, mongo, topic, lead_topic
         self.store = EnrollmentStore.of(mongo)
+
+    def settings(self, **overrides) -> PipelineSettingsResource:
+        """The settings resource of this pipeline's topics, with `overrides` (e.g. limits)."""
+        return PipelineSettingsResource(
+            enrollment_topic=self.topic, lead_topic=self.lead_topic, **overrides
+        )
+
+    def resources(self, **overrides) -> dict[str, object]:
+        return {"kafka": self.kafka, "mongo": self.mongo, "settings": self.settings(**overrides)}
 
     def produce(self, records: list[tuple[bytes | None, bytes]]) -> None:
         self.kafka.produce_batch(self.topic, records)
@@ -120,9 +130,12 @@ def assert_read_model_is_the_fold(pipeline: Pipeline, records, *, in_order: bool
         assert sorted(ids) == sorted(lead.lead_event_id for lead in leads)
 
 
-def drain(instance: dg.DagsterInstance, pipeline: Pipeline) -> list[dict]:
-    """Tick the sensor and run what it requests until it skips; each run's read-model metadata."""
-    resources = {"kafka": pipeline.kafka, "mongo": pipeline.mongo}
+def drain(instance: dg.DagsterInstance, pipeline: Pipeline, **settings) -> list[dict]:
+    """Tick the sensor and run what it requests until it skips; each run's read-model metadata.
+
+    `settings` override the pipeline's settings resource (e.g. `ingest_max_events_per_run`).
+    """
+    resources = pipeline.resources(**settings)
     runs = []
     for _ in range(100):
         with dg.build_sensor_context(instance=instance, resources=resources) as context:

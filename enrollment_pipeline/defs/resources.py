@@ -15,6 +15,7 @@ from enrollment_pipeline.defs.crm.resources import CrmClient
 from enrollment_pipeline.defs.email.resources import SesEmailSender, SmtpEmailSender
 from enrollment_pipeline.defs.kafka.resources import KafkaResource
 from enrollment_pipeline.defs.mongo.resources import mongo_from_settings
+from enrollment_pipeline.defs.pipeline_settings import PipelineSettingsResource
 from enrollment_pipeline.settings import PipelineSettings
 
 
@@ -59,7 +60,14 @@ def build_resources(settings: PipelineSettings | None = None) -> dict[str, objec
         "archive": ArchiveResource(
             root=s.archive_root, region_name=s.aws_region, endpoint_url=s.aws_endpoint_url
         ),
-        "crm": CrmClient(base_url=s.lead_api_url, token=_secret("LEAD_API_TOKEN")),
+        "crm": CrmClient(
+            base_url=s.lead_api_url,
+            token=_secret("LEAD_API_TOKEN"),
+            connect_timeout_s=s.lead_api_connect_timeout_seconds,
+            read_timeout_s=s.lead_api_read_timeout_seconds,
+            max_attempts=s.lead_api_max_attempts,
+        ),
+        "settings": PipelineSettingsResource.from_settings(s),
     }
 
 

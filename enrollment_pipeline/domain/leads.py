@@ -10,7 +10,7 @@ import uuid
 from collections.abc import Iterable
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from enrollment_pipeline.domain.events import (
     Applicant,
@@ -18,6 +18,9 @@ from enrollment_pipeline.domain.events import (
     EnrollmentEvent,
     EventType,
     Product,
+    Rejection,
+    RejectReason,
+    describe_validation_error,
 )
 from enrollment_pipeline.domain.projection import (
     TERMINAL_STATUSES,
@@ -67,6 +70,30 @@ class LeadEvent(_Closed):
     def from_json_bytes(cls, raw: bytes) -> LeadEvent:
         """Parse a value read back from the lead topic."""
         return cls.model_validate_json(raw)
+
+
+def parse_lead_record(
+    key: bytes | None, value: bytes | None, *, max_bytes: int = 1_000_000
+) -> LeadEvent | Rejection:
+    """Validate one record of the lead topic (Contract 4); the key must be its application.
+
+    The detail of a rejection names fields, never values: a lead carries contact data.
+    """
+    if value is None:
+        return Rejection(RejectReason.SCHEMA_VIOLATION, "empty record")
+    if len(value) > max_bytes:
+        return Rejection(RejectReason.OVERSIZED, f"{len(value)} bytes exceeds {max_bytes}")
+    try:
+        lead = LeadEvent.model_validate_json(value)
+    except ValidationError as exc:
+        kinds = {e["type"] for e in exc.errors(include_url=False, include_input=False)}
+        reason = RejectReason.INVALID_JSON if "json_invalid" in kinds else None
+        return Rejection(reason or RejectReason.SCHEMA_VIOLATION, describe_validation_error(exc))
+    if key is None:
+        return Rejection(RejectReason.NULL_KEY, "record has no key")
+    if key != lead.application_id.encode("utf-8"):
+        return Rejection(RejectReason.KEY_MISMATCH, "key differs from payload application_id")
+    return lead
 
 
 def lead_event_id(source_event_id: str) -> str:

@@ -26,7 +26,7 @@ FERRETDB_MODULE = "github.com/FerretDB/FerretDB"
 FERRETDB_ENGINES = ("ferretdb", "ferretdb-stock", "ferretdb-sqlite")
 PATCHES_DIR = Path(__file__).parent / "patches"
 # FerretDB's PostgreSQL pool. Unpatched, each update statement of a command holds one
-# connection until the command ends (see defs/mongo/writes.py), and the default pool of 50 is
+# connection until the command ends (see lib/mongo/writes.py), and the default pool of 50 is
 # shared by every client: room for many concurrent writers. PostgreSQL's max_connections is
 # set to match.
 FERRETDB_POOL_MAX_CONNS = 200

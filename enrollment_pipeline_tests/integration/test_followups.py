@@ -18,19 +18,19 @@ from enrollment_pipeline.defs.email.resources import SesEmailSender, SmtpEmailSe
 from enrollment_pipeline.defs.followups.assets import (
     broker_followup_emails,
     followup_schedule,
-    policy_from,
 )
-from enrollment_pipeline.defs.followups.run import send_followups
-from enrollment_pipeline.defs.ingestion.batch import Source, apply_parsed
-from enrollment_pipeline.defs.mongo.followup_store import FollowupStore
 from enrollment_pipeline.defs.mongo.resources import (
     APPLICATIONS,
     BROKER_FOLLOWUPS,
     FOLLOWUP_ATTEMPTS,
     MongoResource,
 )
-from enrollment_pipeline.defs.mongo.store import EnrollmentStore
+from enrollment_pipeline.defs.pipeline_settings import PipelineSettingsResource
 from enrollment_pipeline.domain.events import EnrollmentEvent
+from enrollment_pipeline.lib.followups.run import send_followups
+from enrollment_pipeline.lib.ingestion.batch import Source, apply_parsed
+from enrollment_pipeline.lib.mongo.followup_store import FollowupStore
+from enrollment_pipeline.lib.mongo.store import EnrollmentStore
 from enrollment_pipeline.settings import PipelineSettings
 from enrollment_pipeline_tests import factories as f
 from enrollment_pipeline_tests.conftest import Inbox, free_ports
@@ -64,7 +64,11 @@ def run_tick(mongo, sender, as_of: datetime, **kwargs) -> dg.ExecuteInProcessRes
     return dg.materialize(
         [broker_followup_emails],
         run_config=request.run_config,
-        resources={"mongo": mongo, "email": sender},
+        resources={
+            "mongo": mongo,
+            "email": sender,
+            "settings": kwargs.get("settings", PipelineSettingsResource()),
+        },
         raise_on_error=kwargs.get("raise_on_error", True),
     )
 
@@ -176,7 +180,7 @@ def test_a_crash_between_claim_and_send_never_sends_an_attempt_twice(
     inbox, port = smtp_server
     ingest(mongo, f.submitted("APP-1", 0))
     store = FollowupStore.of(mongo)
-    policy = policy_from(PipelineSettings())
+    policy = PipelineSettingsResource().followup_policy()
 
     def crash(step: str) -> None:
         if step == crash_at:
@@ -250,11 +254,9 @@ def test_a_broker_name_with_crlf_cannot_inject_a_header(mongo, smtp_server):
     assert "victim@example.com" not in str(message["To"]).split("<")[-1]
 
 
-def test_an_application_older_than_the_cutoff_expires_and_ops_get_one_digest(
-    mongo, smtp_server, monkeypatch
-):
+def test_an_application_older_than_the_cutoff_expires_and_ops_get_one_digest(mongo, smtp_server):
     inbox, port = smtp_server
-    monkeypatch.setenv("OPS_EMAIL", "ops@example.com")
+    settings = PipelineSettingsResource(ops_email="ops@example.com")
     ingest(
         mongo,
         f.submitted("APP-OLD", 0),
@@ -262,7 +264,7 @@ def test_an_application_older_than_the_cutoff_expires_and_ops_get_one_digest(
         f.submitted("APP-NEW", 60 * 24 * 31),
     )
 
-    run_tick(mongo, smtp(port), tick(24 * 31 + 1))
+    run_tick(mongo, smtp(port), tick(24 * 31 + 1), settings=settings)
 
     assert recipients(inbox) == sorted([f.BROKER_A["email"], "ops@example.com"])
     for app in ("APP-OLD", "APP-OLD-2"):
@@ -274,18 +276,20 @@ def test_an_application_older_than_the_cutoff_expires_and_ops_get_one_digest(
         )
     digest = next(raw for _, rcpts, raw in inbox.messages if rcpts == ["ops@example.com"])
     assert b"APP-OLD: expired" in digest and b"APP-OLD-2: expired" in digest
-    run_tick(mongo, smtp(port), tick(24 * 31 + 2))  # nothing newly PENDING: no digest
+    run_tick(
+        mongo, smtp(port), tick(24 * 31 + 2), settings=settings
+    )  # nothing newly PENDING: no digest
     assert sum(rcpts == ["ops@example.com"] for _, rcpts, _ in inbox.messages) == 1
 
 
-def test_quiet_hours_hold_emails_until_they_end(mongo, smtp_server, monkeypatch):
+def test_quiet_hours_hold_emails_until_they_end(mongo, smtp_server):
     inbox, port = smtp_server
-    monkeypatch.setenv("FOLLOWUP_QUIET_HOURS", "20-07")
+    settings = PipelineSettingsResource(followup_quiet_hours="20-07")
     ingest(mongo, f.submitted("APP-1", 0))  # 09:00 UTC
 
-    run_tick(mongo, smtp(port), tick(13))  # 22:00 UTC
+    run_tick(mongo, smtp(port), tick(13), settings=settings)  # 22:00 UTC
     assert inbox.messages == []
-    run_tick(mongo, smtp(port), tick(22))  # 07:00 UTC
+    run_tick(mongo, smtp(port), tick(22), settings=settings)  # 07:00 UTC
     assert recipients(inbox) == [f.BROKER_A["email"]]
 
 

@@ -19,9 +19,9 @@ from pathlib import Path
 import pytest
 import requests
 
-from enrollment_pipeline.defs.ingestion.batch import Source, apply_parsed
-from enrollment_pipeline.defs.mongo.store import EnrollmentStore
 from enrollment_pipeline.domain.events import EnrollmentEvent
+from enrollment_pipeline.lib.ingestion.batch import Source, apply_parsed
+from enrollment_pipeline.lib.mongo.store import EnrollmentStore
 from enrollment_pipeline_tests import factories as f
 from enrollment_pipeline_tests.conftest import free_ports
 

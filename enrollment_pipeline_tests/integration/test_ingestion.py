@@ -13,14 +13,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from kafka import KafkaAdminClient
 
-from enrollment_pipeline.defs.ingestion.batch import CHECKPOINTS
-from enrollment_pipeline.defs.ingestion.run import StaleRangeError
 from enrollment_pipeline.defs.kafka.resources import KafkaResource
 from enrollment_pipeline.defs.mongo.resources import (
     CONSUMER_OFFSETS,
     MongoResource,
 )
 from enrollment_pipeline.domain.followup_queue import mongo_precision
+from enrollment_pipeline.lib.ingestion.batch import CHECKPOINTS
+from enrollment_pipeline.lib.ingestion.run import StaleRangeError
 from enrollment_pipeline.sample_data import synthetic_records
 from enrollment_pipeline.settings import ENROLLMENT_GROUPS
 from enrollment_pipeline_tests import factories as f

@@ -9,14 +9,11 @@ import dagster as dg
 import pytest
 
 from enrollment_pipeline.defs.ingestion.jobs import ingest_enrollment_events
-from enrollment_pipeline.defs.ingestion.sensors import (
-    ATTEMPT_TAG,
-    PARTITIONS_TAG,
-    RANGE_TAG,
-    enrollment_events_sensor,
-)
+from enrollment_pipeline.defs.ingestion.sensors import enrollment_events_sensor
 from enrollment_pipeline.defs.mongo.resources import APPLICATIONS, MongoResource
-from enrollment_pipeline.defs.mongo.store import EnrollmentStore
+from enrollment_pipeline.defs.offset_ranges import ATTEMPT_TAG, PARTITIONS_TAG, RANGE_TAG
+from enrollment_pipeline.defs.pipeline_settings import PipelineSettingsResource
+from enrollment_pipeline.lib.mongo.store import EnrollmentStore
 from enrollment_pipeline.settings import ENROLLMENT_GROUPS
 from enrollment_pipeline_tests import factories as f
 
@@ -24,9 +21,8 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
-def env(monkeypatch, topic, lead_topic):
-    monkeypatch.setenv("ENROLLMENT_TOPIC", topic)
-    monkeypatch.setenv("LEAD_TOPIC", lead_topic)
+def settings(topic, lead_topic) -> PipelineSettingsResource:
+    return PipelineSettingsResource(enrollment_topic=topic, lead_topic=lead_topic)
 
 
 @pytest.fixture
@@ -35,17 +31,17 @@ def instance() -> Iterator[dg.DagsterInstance]:
         yield instance
 
 
-def tick(instance, kafka, mongo) -> dg.SensorResult | dg.SkipReason:
+def tick(instance, kafka, mongo, settings) -> dg.SensorResult | dg.SkipReason:
     with dg.build_sensor_context(
-        instance=instance, resources={"kafka": kafka, "mongo": mongo}
+        instance=instance, resources={"kafka": kafka, "mongo": mongo, "settings": settings}
     ) as context:
         return enrollment_events_sensor(context)
 
 
-def run(instance, kafka, mongo, request: dg.RunRequest) -> dg.ExecuteInProcessResult:
+def run(instance, kafka, mongo, settings, request: dg.RunRequest) -> dg.ExecuteInProcessResult:
     return ingest_enrollment_events.execute_in_process(
         run_config=request.run_config,
-        resources={"kafka": kafka, "mongo": mongo},
+        resources={"kafka": kafka, "mongo": mongo, "settings": settings},
         instance=instance,
         tags=request.tags,
         raise_on_error=False,
@@ -56,11 +52,13 @@ def produce_apps(kafka, topic, count) -> None:
     kafka.produce_batch(topic, [f.record(f.submitted(f"APP-{i:04d}", i)) for i in range(count)])
 
 
-def test_sensor_requests_exact_ranges_and_the_run_applies_them(env, instance, kafka, mongo, topic):
+def test_sensor_requests_exact_ranges_and_the_run_applies_them(
+    settings, instance, kafka, mongo, topic
+):
     produce_apps(kafka, topic, 40)
     ends = kafka.end_offsets(topic)
 
-    result = tick(instance, kafka, mongo)
+    result = tick(instance, kafka, mongo, settings)
     (request,) = result.run_requests
     ranges = request.run_config["ops"]["ingest_offset_range"]["config"]["ranges"]
     assert {r["partition"]: (r["start"], r["end"]) for r in ranges} == {
@@ -68,7 +66,7 @@ def test_sensor_requests_exact_ranges_and_the_run_applies_them(env, instance, ka
     }
     assert request.tags[PARTITIONS_TAG] == ",".join(str(r["partition"]) for r in ranges)
 
-    outcome = run(instance, kafka, mongo, request)
+    outcome = run(instance, kafka, mongo, settings, request)
     assert outcome.success
     assert mongo.db()[APPLICATIONS].count_documents({}) == 40
     materialized = {
@@ -96,18 +94,18 @@ def test_sensor_requests_exact_ranges_and_the_run_applies_them(env, instance, ka
     for group in ENROLLMENT_GROUPS:
         assert EnrollmentStore.of(mongo).committed_offsets(group, topic) == ends
 
-    assert isinstance(tick(instance, kafka, mongo), dg.SkipReason)  # nothing left
+    assert isinstance(tick(instance, kafka, mongo, settings), dg.SkipReason)  # nothing left
 
 
-def test_sensor_caps_a_run(env, instance, kafka, mongo, topic, monkeypatch):
-    monkeypatch.setenv("INGEST_MAX_EVENTS_PER_RUN", "7")
+def test_sensor_caps_a_run(settings, instance, kafka, mongo, topic):
+    settings = PipelineSettingsResource(enrollment_topic=topic, ingest_max_events_per_run=7)
     produce_apps(kafka, topic, 40)
-    (request,) = tick(instance, kafka, mongo).run_requests
+    (request,) = tick(instance, kafka, mongo, settings).run_requests
     ranges = request.run_config["ops"]["ingest_offset_range"]["config"]["ranges"]
     assert sum(r["end"] - r["start"] for r in ranges) == 7
 
 
-def test_partitions_of_a_run_in_flight_are_not_requested(env, instance, kafka, mongo, topic):
+def test_partitions_of_a_run_in_flight_are_not_requested(settings, instance, kafka, mongo, topic):
     produce_apps(kafka, topic, 40)
 
     def in_flight(range_topic: str, partitions: str) -> None:
@@ -119,43 +117,41 @@ def test_partitions_of_a_run_in_flight_are_not_requested(env, instance, kafka, m
         )
 
     in_flight("another-topic", "0,1,2")  # other topics' runs do not block this one
-    (request,) = tick(instance, kafka, mongo).run_requests
+    (request,) = tick(instance, kafka, mongo, settings).run_requests
     assert request.tags[PARTITIONS_TAG] == "0,1,2"
 
     in_flight(topic, "0,1")
-    (request,) = tick(instance, kafka, mongo).run_requests
+    (request,) = tick(instance, kafka, mongo, settings).run_requests
     assert request.tags[PARTITIONS_TAG] == "2"
 
 
-def test_a_failed_range_is_requested_again_then_reported(
-    env, instance, kafka, mongo, topic, monkeypatch
-):
-    monkeypatch.setenv("INGEST_MAX_RANGE_ATTEMPTS", "2")
+def test_a_failed_range_is_requested_again_then_reported(settings, instance, kafka, mongo, topic):
+    settings = PipelineSettingsResource(enrollment_topic=topic, ingest_max_range_attempts=2)
     produce_apps(kafka, topic, 12)
     broken_mongo = MongoResource(
         uri="mongodb://127.0.0.1:1/", database=mongo.database, server_selection_timeout_ms=300
     )
     keys = []
     for attempt in (1, 2):
-        (request,) = tick(instance, kafka, mongo).run_requests
+        (request,) = tick(instance, kafka, mongo, settings).run_requests
         assert request.tags[ATTEMPT_TAG] == str(attempt)
         keys.append(request.run_key)
-        assert not run(instance, kafka, broken_mongo, request).success
+        assert not run(instance, kafka, broken_mongo, settings, request).success
     assert len(set(keys)) == 2  # a reused run key would be skipped silently by Dagster
 
-    outcome = tick(instance, kafka, mongo)
+    outcome = tick(instance, kafka, mongo, settings)
     assert isinstance(outcome, dg.SkipReason)
     assert "failed 2 times" in outcome.skip_message
 
 
-def test_twelve_partitions_in_one_request(instance, kafka, mongo, monkeypatch):
+def test_twelve_partitions_in_one_request(instance, kafka, mongo):
     """(How fast such a tick is: benchmarks/sensor_tick.py.)"""
     topic = f"test-12-{uuid.uuid4().hex[:8]}"
     kafka.ensure_topics([topic], partitions=12)
-    monkeypatch.setenv("ENROLLMENT_TOPIC", topic)
+    settings = PipelineSettingsResource(enrollment_topic=topic)
     try:
         produce_apps(kafka, topic, 120)
-        (request,) = tick(instance, kafka, mongo).run_requests
+        (request,) = tick(instance, kafka, mongo, settings).run_requests
         assert len(request.tags[PARTITIONS_TAG].split(",")) == 12
         assert request.tags[RANGE_TAG].startswith(topic)
     finally:

@@ -23,9 +23,9 @@ from enrollment_pipeline.defs.mongo.resources import (
     MongoResource,
     MongoUnavailableError,
 )
-from enrollment_pipeline.defs.mongo.store import EnrollmentStore
 from enrollment_pipeline.domain.events import EnrollmentEvent
 from enrollment_pipeline.domain.projection import fold_application
+from enrollment_pipeline.lib.mongo.store import EnrollmentStore
 from enrollment_pipeline.sample_data import synthetic_events
 from enrollment_pipeline.stack.mongo import MongoWire
 from enrollment_pipeline_tests import factories as f
@@ -162,9 +162,8 @@ def test_a_stall_mid_batch_fails_in_bounded_time_and_the_rerun_converges(
 
 
 def test_a_dagster_run_on_a_stalled_server_fails_in_bounded_time_then_the_rerun_succeeds(
-    own_mongo_server: MongoWire, kafka, topic, lead_topic, monkeypatch
+    own_mongo_server: MongoWire, kafka, topic, lead_topic
 ):
-    monkeypatch.setenv("LEAD_TOPIC", lead_topic)
     mongo = _resource(own_mongo_server, "stall_run")
     mongo.ensure_indexes()
     pipeline = Pipeline(kafka, mongo, topic, lead_topic)
@@ -176,7 +175,10 @@ def test_a_dagster_run_on_a_stalled_server_fails_in_bounded_time_then_the_rerun_
         started = time.monotonic()
         result = ingest_enrollment_events.execute_in_process(
             run_config=run_config,
-            resources={"kafka": kafka, "mongo": _resource(own_mongo_server, "stall_run")},
+            resources={
+                **pipeline.resources(),
+                "mongo": _resource(own_mongo_server, "stall_run"),
+            },
             raise_on_error=False,
         )
         elapsed = time.monotonic() - started
@@ -192,7 +194,10 @@ def test_a_dagster_run_on_a_stalled_server_fails_in_bounded_time_then_the_rerun_
 
     rerun = ingest_enrollment_events.execute_in_process(
         run_config=run_config,
-        resources={"kafka": kafka, "mongo": _resource(own_mongo_server, "stall_run")},
+        resources={
+            **pipeline.resources(),
+            "mongo": _resource(own_mongo_server, "stall_run"),
+        },
     )
     assert rerun.success
     assert_read_model_is_the_fold(pipeline, records)

@@ -28,19 +28,16 @@ MAX_EVENTS_PER_RUN = 1_500
 
 
 def test_two_thousand_applications_in_two_halves_end_equal_to_the_fold(
-    pipeline: Pipeline, monkeypatch
+    pipeline: Pipeline,
 ):
-    monkeypatch.setenv("ENROLLMENT_TOPIC", pipeline.topic)
-    monkeypatch.setenv("LEAD_TOPIC", pipeline.lead_topic)
-    monkeypatch.setenv("INGEST_MAX_EVENTS_PER_RUN", str(MAX_EVENTS_PER_RUN))
     records = list(synthetic_events(APPLICATIONS, seed=20, start=datetime(2026, 10, 1, tzinfo=UTC)))
     first_half, second_half = split_per_application(records)
 
     with dg.instance_for_test() as instance:
         pipeline.produce(first_half)
-        first = drain(instance, pipeline)
+        first = drain(instance, pipeline, ingest_max_events_per_run=MAX_EVENTS_PER_RUN)
         pipeline.produce(second_half)
-        second = drain(instance, pipeline)
+        second = drain(instance, pipeline, ingest_max_events_per_run=MAX_EVENTS_PER_RUN)
 
     runs = first + second
     assert len(runs) >= len(records) // MAX_EVENTS_PER_RUN

@@ -9,7 +9,7 @@ import pytest
 from pymongo import UpdateOne
 from pymongo.errors import BulkWriteError
 
-from enrollment_pipeline.defs.mongo.writes import BoundedWriter
+from enrollment_pipeline.lib.mongo.writes import BoundedWriter
 
 
 class RecordingCollection:

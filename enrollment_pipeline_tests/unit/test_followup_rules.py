@@ -6,7 +6,6 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from enrollment_pipeline.defs.followups.run import Pacer
 from enrollment_pipeline.domain.followup_rules import (
     Action,
     FollowupPolicy,
@@ -16,6 +15,7 @@ from enrollment_pipeline.domain.followup_rules import (
     parse_quiet_hours,
     valid_address,
 )
+from enrollment_pipeline.lib.followups.run import Pacer
 
 NOW = datetime(2026, 11, 2, 12, 0, tzinfo=UTC)
 POLICY = FollowupPolicy()

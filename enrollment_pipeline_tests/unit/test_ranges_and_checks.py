@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from enrollment_pipeline.defs.ingestion.assets import lag_result, rate_result
-from enrollment_pipeline.defs.ingestion.ranges import PartitionRange, plan_ranges
+from enrollment_pipeline.domain.offset_ranges import PartitionRange, plan_ranges
 
 
 def test_every_idle_lagging_partition_from_its_committed_offset():

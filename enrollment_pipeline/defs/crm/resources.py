@@ -2,101 +2,155 @@
 
 POST `{base_url}/leads` with `Idempotency-Key: lead_event_id` and a bearer token. 2xx and 409
 mean delivered; 429, 5xx, connection errors and timeouts are retried with capped exponential
-backoff and jitter, honouring `Retry-After`; any other 4xx is permanent (the caller
-dead-letters it). Retrying is safe because the CRM deduplicates on the idempotency key.
+backoff and full jitter, honouring `Retry-After`, until the attempts or the caller's deadline
+run out; any other 4xx is permanent (the caller dead-letters it). Retrying is safe because the
+CRM deduplicates on the idempotency key. Nothing here logs the token or the lead's contact.
 """
 
 from __future__ import annotations
 
 import email.utils
+import random
+import re
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import dagster as dg
 import requests
 from pydantic import Field
-from tenacity import (
-    RetryCallState,
-    Retrying,
-    retry_if_exception_type,
-    stop_after_attempt,
-    wait_random_exponential,
-)
+
+Outcome = Literal["delivered", "rejected", "exhausted", "out_of_time"]
+_EMAIL = re.compile(r"[^\s\"'<>@,;:]+@[^\s\"'<>@,;:]+")
+_EXCERPT = 300
 
 
 @dataclass(frozen=True)
 class DeliveryOutcome:
-    delivered: bool
-    status: int | None
-    detail: str
+    """What became of one lead: `delivered`; `rejected` (a permanent 4xx); `exhausted` (every
+    attempt failed transiently); `out_of_time` (the run's deadline came first)."""
+
+    outcome: Outcome
+    status: int | None  # the last HTTP status; None when no answer came
+    detail: str  # status and a body excerpt, contact values redacted
+    attempts: int
+    latencies_s: tuple[float, ...]
+
+    @property
+    def delivered(self) -> bool:
+        return self.outcome == "delivered"
 
 
-class RetryableCrmError(RuntimeError):
-    def __init__(self, detail: str, retry_after_s: float | None = None) -> None:
-        super().__init__(detail)
-        self.retry_after_s = retry_after_s
-
-
-def _retry_after(value: str | None) -> float | None:
-    """Seconds from a Retry-After header (delta-seconds or HTTP date)."""
+def retry_after_seconds(value: str | None, *, now: Callable[[], float] = time.time) -> float | None:
+    """Seconds from a Retry-After header (delta-seconds or an HTTP date)."""
     if not value:
         return None
-    if value.strip().isdigit():
-        return float(value.strip())
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
     try:
         when = email.utils.parsedate_to_datetime(value)
     except (TypeError, ValueError):
         return None
-    return max(0.0, when.timestamp() - time.time())
+    return max(0.0, when.timestamp() - now())
+
+
+def redacted_excerpt(text: str, lead: Mapping[str, Any]) -> str:
+    """A short excerpt of a CRM answer without the lead's contact values or any email address
+    (CRMs echo the offending field back; dead letters and logs must not carry it)."""
+    excerpt = text[: _EXCERPT * 2]
+    contact = lead.get("contact") or {}
+    for value in sorted((str(v) for v in contact.values() if v), key=len, reverse=True):
+        excerpt = excerpt.replace(value, "[redacted]")
+    excerpt = _EMAIL.sub("[redacted]", excerpt)
+    return excerpt[:_EXCERPT]
 
 
 class CrmClient(dg.ConfigurableResource):
-    """LEAD_API_URL and LEAD_API_TOKEN (through dg.EnvVar)."""
+    """LEAD_API_URL, LEAD_API_TOKEN (through dg.EnvVar) and the retry policy of one lead."""
 
     base_url: str = Field(description="LEAD_API_URL")
     token: str | None = Field(default=None, description="LEAD_API_TOKEN, set with dg.EnvVar")
-    timeout_s: float = 10.0
-    max_attempts: int = 5
-    backoff_initial_s: float = 0.5
-    backoff_max_s: float = 30.0
+    connect_timeout_s: float = Field(default=3.0, gt=0)
+    read_timeout_s: float = Field(default=10.0, gt=0)
+    max_attempts: int = Field(default=5, ge=1)
+    backoff_initial_s: float = Field(default=0.5, ge=0)
+    backoff_max_s: float = Field(default=30.0, ge=0)
+    # A Retry-After beyond this is cut to it: the run's deadline bounds the wait anyway.
+    retry_after_max_s: float = Field(default=300.0, ge=0)
 
-    def _wait(self, state: RetryCallState) -> float:
-        exc = state.outcome.exception() if state.outcome else None
-        backoff = wait_random_exponential(multiplier=self.backoff_initial_s, max=self.backoff_max_s)
-        if isinstance(exc, RetryableCrmError) and exc.retry_after_s is not None:
-            return min(exc.retry_after_s, self.backoff_max_s)
-        return backoff(state)
-
-    def _post_once(self, session: requests.Session, lead: dict[str, Any]) -> DeliveryOutcome:
-        headers = {"Idempotency-Key": str(lead["lead_event_id"])}
+    def session(self) -> requests.Session:
+        """One keep-alive session per worker thread (requests sessions are not thread-safe)."""
+        session = requests.Session()
         if self.token:
-            headers["Authorization"] = f"Bearer {self.token}"
-        try:
-            response = session.post(
-                f"{self.base_url.rstrip('/')}/leads",
-                json=lead,
-                headers=headers,
-                timeout=self.timeout_s,
-            )
-        except (requests.ConnectionError, requests.Timeout) as exc:
-            raise RetryableCrmError(f"CRM unreachable: {type(exc).__name__}") from exc
-        status = response.status_code
-        if 200 <= status < 300 or status == 409:
-            return DeliveryOutcome(True, status, "delivered" if status != 409 else "duplicate")
-        if status == 429 or status >= 500:
-            raise RetryableCrmError(
-                f"CRM answered {status}", _retry_after(response.headers.get("Retry-After"))
-            )
-        return DeliveryOutcome(False, status, response.text[:500])
+            session.headers["Authorization"] = f"Bearer {self.token}"
+        return session
 
-    def post_lead(self, lead: dict[str, Any]) -> DeliveryOutcome:
-        """Deliver one lead; retries transient failures, returns a permanent failure."""
-        retrying = Retrying(
-            stop=stop_after_attempt(self.max_attempts),
-            wait=self._wait,
-            retry=retry_if_exception_type(RetryableCrmError),
-            reraise=True,
+    def _backoff(self, attempt: int) -> float:
+        return random.uniform(
+            0, min(self.backoff_max_s, self.backoff_initial_s * 2 ** (attempt - 1))
         )
-        with requests.Session() as session:
-            return retrying(self._post_once, session, lead)
+
+    def post_lead(
+        self,
+        lead: Mapping[str, Any],
+        *,
+        session: requests.Session | None = None,
+        deadline: float | None = None,
+    ) -> DeliveryOutcome:
+        """Deliver one lead, retrying transient failures until the attempts or `deadline`
+        (a `time.monotonic()` instant) run out. Never raises for an HTTP or network failure."""
+        own = session is None
+        session = session or self.session()
+        url = f"{self.base_url.rstrip('/')}/leads"
+        headers = {"Idempotency-Key": str(lead["lead_event_id"])}
+        latencies: list[float] = []
+        status: int | None = None
+        detail = ""
+        try:
+            for attempt in range(1, self.max_attempts + 1):
+                started = time.monotonic()
+                if deadline is not None and started >= deadline:
+                    return DeliveryOutcome(
+                        "out_of_time", status, detail, attempt - 1, tuple(latencies)
+                    )
+                retry_after = None
+                try:
+                    response = session.post(
+                        url,
+                        json=dict(lead),
+                        headers=headers,
+                        timeout=(self.connect_timeout_s, self.read_timeout_s),
+                    )
+                except (requests.ConnectionError, requests.Timeout) as exc:
+                    status, detail = None, f"no answer: {type(exc).__name__}"
+                else:
+                    status = response.status_code
+                    if 200 <= status < 300 or status == 409:
+                        latencies.append(time.monotonic() - started)
+                        return DeliveryOutcome(
+                            "delivered", status, f"HTTP {status}", attempt, tuple(latencies)
+                        )
+                    detail = f"HTTP {status}: {redacted_excerpt(response.text, lead)}"
+                    if status != 429 and status < 500:
+                        latencies.append(time.monotonic() - started)
+                        return DeliveryOutcome(
+                            "rejected", status, detail, attempt, tuple(latencies)
+                        )
+                    retry_after = retry_after_seconds(response.headers.get("Retry-After"))
+                latencies.append(time.monotonic() - started)
+                if attempt == self.max_attempts:
+                    break
+                wait = (
+                    min(retry_after, self.retry_after_max_s)
+                    if retry_after is not None
+                    else self._backoff(attempt)
+                )
+                if deadline is not None and time.monotonic() + wait >= deadline:
+                    return DeliveryOutcome("out_of_time", status, detail, attempt, tuple(latencies))
+                time.sleep(wait)
+            return DeliveryOutcome("exhausted", status, detail, self.max_attempts, tuple(latencies))
+        finally:
+            if own:
+                session.close()

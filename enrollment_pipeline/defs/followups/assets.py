@@ -1,18 +1,18 @@
 """`send_broker_followups`: the hourly broker emails, their asset and their schedule."""
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
 import dagster as dg
 import pandas as pd
 from pydantic import Field
 
 from enrollment_pipeline.defs.email.resources import EmailSender
-from enrollment_pipeline.defs.followups.run import FollowupReport, send_followups
 from enrollment_pipeline.defs.ingestion.assets import BROKER_FOLLOWUPS, GROUP
-from enrollment_pipeline.defs.mongo.followup_store import FollowupStore
 from enrollment_pipeline.defs.mongo.resources import MongoResource
+from enrollment_pipeline.defs.pipeline_settings import PipelineSettingsResource
 from enrollment_pipeline.domain.events import to_utc
-from enrollment_pipeline.domain.followup_rules import FollowupPolicy, parse_quiet_hours
+from enrollment_pipeline.lib.followups.run import FollowupReport, send_followups
+from enrollment_pipeline.lib.mongo.followup_store import FollowupStore
 from enrollment_pipeline.settings import PipelineSettings
 
 BROKER_FOLLOWUP_EMAILS = dg.AssetKey("broker_followup_emails")
@@ -36,15 +36,6 @@ class FollowupRunConfig(dg.Config):
         return to_utc(value)
 
 
-def policy_from(settings: PipelineSettings) -> FollowupPolicy:
-    return FollowupPolicy(
-        max_emails=settings.followup_max_emails,
-        interval=timedelta(minutes=settings.followup_interval_minutes),
-        max_age=timedelta(days=settings.followup_max_age_days),
-        quiet_hours=parse_quiet_hours(settings.followup_quiet_hours),
-    )
-
-
 @dg.asset(
     key=BROKER_FOLLOWUP_EMAILS,
     deps=[BROKER_FOLLOWUPS],
@@ -59,8 +50,8 @@ def broker_followup_emails(
     config: FollowupRunConfig,
     mongo: MongoResource,
     email: dg.ResourceParam[EmailSender],
+    settings: PipelineSettingsResource,
 ) -> dg.MaterializeResult:
-    settings = PipelineSettings()
     as_of = config.instant()
     store = FollowupStore.of(mongo)
     with mongo.explained_errors(), email.session() as send:
@@ -68,7 +59,7 @@ def broker_followup_emails(
             store,
             send,
             as_of=as_of,
-            policy=policy_from(settings),
+            policy=settings.followup_policy(),
             max_per_second=settings.email_max_per_second,
             ops_email=settings.ops_email,
             run_id=context.run_id,

@@ -8,11 +8,12 @@ from datetime import UTC, datetime, timedelta
 
 import dagster as dg
 
-from enrollment_pipeline.defs.ingestion.ranges import lag
 from enrollment_pipeline.defs.kafka.resources import KafkaResource
 from enrollment_pipeline.defs.mongo.resources import DEAD_LETTERS, ENROLLMENT_EVENTS, MongoResource
-from enrollment_pipeline.defs.mongo.store import EnrollmentStore
-from enrollment_pipeline.settings import READ_MODEL_GROUP, PipelineSettings
+from enrollment_pipeline.defs.pipeline_settings import PipelineSettingsResource
+from enrollment_pipeline.domain.offset_ranges import lag
+from enrollment_pipeline.lib.mongo.store import EnrollmentStore
+from enrollment_pipeline.settings import READ_MODEL_GROUP
 
 GROUP = "enrollment"
 APPLICATIONS = dg.AssetKey("applications")
@@ -52,19 +53,22 @@ datasets = [
 
 
 @dg.asset_check(asset=DEAD_LETTERS_ASSET, name="dead_letter_rate")
-def dead_letter_rate(mongo: MongoResource) -> dg.AssetCheckResult:
+def dead_letter_rate(
+    mongo: MongoResource, settings: PipelineSettingsResource
+) -> dg.AssetCheckResult:
     """Share of the last hour's input that was dead-lettered (INGEST_MAX_DEAD_LETTER_RATE)."""
     since = datetime.now(UTC) - timedelta(hours=1)
     db = mongo.db()
     rejected = db[DEAD_LETTERS].count_documents({"first_seen_at": {"$gte": since}})
     stored = db[ENROLLMENT_EVENTS].count_documents({"stored_at": {"$gte": since}})
-    return rate_result(rejected, rejected + stored, PipelineSettings().ingest_max_dead_letter_rate)
+    return rate_result(rejected, rejected + stored, settings.ingest_max_dead_letter_rate)
 
 
 @dg.asset_check(asset=APPLICATIONS, name="consumer_lag")
-def consumer_lag(kafka: KafkaResource, mongo: MongoResource) -> dg.AssetCheckResult:
+def consumer_lag(
+    kafka: KafkaResource, mongo: MongoResource, settings: PipelineSettingsResource
+) -> dg.AssetCheckResult:
     """Events on the topic not yet applied (INGEST_MAX_CONSUMER_LAG)."""
-    settings = PipelineSettings()
     committed = EnrollmentStore.of(mongo).committed_offsets(
         READ_MODEL_GROUP, settings.enrollment_topic
     )

@@ -1,7 +1,6 @@
 """`ingest_enrollment_events`: one micro-batch over exact offset ranges, in process."""
 
 import dagster as dg
-from pydantic import Field
 
 from enrollment_pipeline.defs.ingestion.assets import (
     APPLICATIONS,
@@ -12,12 +11,12 @@ from enrollment_pipeline.defs.ingestion.assets import (
     lag_result,
     rate_result,
 )
-from enrollment_pipeline.defs.ingestion.ranges import PartitionRange, RangePlan
-from enrollment_pipeline.defs.ingestion.run import ingest_range
 from enrollment_pipeline.defs.kafka.resources import KafkaResource
 from enrollment_pipeline.defs.mongo.resources import MongoResource
-from enrollment_pipeline.defs.mongo.store import EnrollmentStore
-from enrollment_pipeline.settings import PipelineSettings
+from enrollment_pipeline.defs.offset_ranges import OffsetRangeConfig, range_metadata
+from enrollment_pipeline.defs.pipeline_settings import PipelineSettingsResource
+from enrollment_pipeline.lib.ingestion.run import ingest_range
+from enrollment_pipeline.lib.mongo.store import EnrollmentStore
 
 # Ingestion, backfill and rebuild write the read model: one pool, size 1 (dagster.yaml).
 READ_MODEL_POOL = "enrollment_read_model"
@@ -25,32 +24,16 @@ READ_MODEL_POOL = "enrollment_read_model"
 MAX_RUNTIME_SECONDS = 1800
 
 
-class OffsetRange(dg.Config):
-    partition: int = Field(ge=0)
-    start: int = Field(ge=0)
-    end: int = Field(ge=0)
-
-
-class IngestConfig(dg.Config):
-    """The exact range a run covers; the sensor fills it in."""
-
-    topic: str
-    ranges: list[OffsetRange]
-
-
 @dg.op(pool=READ_MODEL_POOL)
 def ingest_offset_range(
     context: dg.OpExecutionContext,
-    config: IngestConfig,
+    config: OffsetRangeConfig,
     kafka: KafkaResource,
     mongo: MongoResource,
+    settings: PipelineSettingsResource,
 ) -> None:
     """Apply one offset range and report what it did on the four datasets."""
-    settings = PipelineSettings()
-    plan = RangePlan(
-        config.topic,
-        tuple(PartitionRange(r.partition, r.start, r.end) for r in config.ranges),
-    )
+    plan = config.plan()
     with mongo.explained_errors():  # a stalled server fails the run; the sensor retries
         result = ingest_range(
             kafka,
@@ -61,8 +44,7 @@ def ingest_offset_range(
             run_id=context.run_id,
         )
     report = result.report
-    ranges = {str(r.partition): f"[{r.start}, {r.end})" for r in plan.ranges}
-    common = {"offset_ranges": ranges, "events_read": report.events_read}
+    common = {"offset_ranges": range_metadata(plan), "events_read": report.events_read}
     context.log_event(
         dg.AssetMaterialization(
             APPLICATIONS,

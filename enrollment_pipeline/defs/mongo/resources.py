@@ -16,7 +16,7 @@ from pymongo import ASCENDING, IndexModel, MongoClient
 from pymongo.database import Database
 from pymongo.errors import ConnectionFailure, PyMongoError, ServerSelectionTimeoutError
 
-from enrollment_pipeline.defs.mongo.writes import (
+from enrollment_pipeline.lib.mongo.writes import (
     FERRETDB_UPDATES_PER_COMMAND,
     MONGODB_UPDATES_PER_COMMAND,
     BoundedWriter,
@@ -32,6 +32,8 @@ DEAD_LETTERS = "dead_letters"
 CONSUMER_OFFSETS = "consumer_offsets"
 # Source events whose leads are out (an insert is cheap; an update is a scan on FerretDB).
 LEAD_PUBLICATIONS = "lead_publications"
+# One per lead the CRM was asked to take: delivered, parked or failed (Contract 4).
+LEAD_DELIVERIES = "lead_deliveries"
 
 # The queries the pipeline makes, each backed by an index (unique where the contract says so).
 INDEXES: dict[str, list[IndexModel]] = {
@@ -51,6 +53,10 @@ INDEXES: dict[str, list[IndexModel]] = {
     ],
     DEAD_LETTERS: [
         IndexModel([("reason", ASCENDING), ("last_seen_at", ASCENDING)], name="reason_time"),
+    ],
+    LEAD_DELIVERIES: [
+        IndexModel([("application_id", ASCENDING), ("status", ASCENDING)], name="application"),
+        IndexModel([("status", ASCENDING), ("next_attempt_at", ASCENDING)], name="retry_due"),
     ],
     CONSUMER_OFFSETS: [
         IndexModel(
@@ -151,7 +157,7 @@ class MongoResource(dg.ConfigurableResource):
         return self._engine
 
     def writer(self) -> BoundedWriter:
-        """The bounded write helper for this server (see `defs/mongo/writes.py`)."""
+        """The bounded write helper for this server (see `lib/mongo/writes.py`)."""
         per_command = self.max_writes_per_command or (
             FERRETDB_UPDATES_PER_COMMAND
             if self.engine() == "ferretdb"

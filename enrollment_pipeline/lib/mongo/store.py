@@ -2,7 +2,7 @@
 
 Every read takes one `$in` query per collection, because on FerretDB each query is a scan
 and on MongoDB round trips dominate. Every write goes through the `BoundedWriter`, which
-splits it into commands a FerretDB server can take (`defs/mongo/writes.py`). Nothing here
+splits it into commands a FerretDB server can take (`lib/mongo/writes.py`). Nothing here
 needs transactions: each write is idempotent, so a crash between two of them is healed by a
 rerun.
 """
@@ -27,8 +27,8 @@ from enrollment_pipeline.defs.mongo.resources import (
     LEAD_PUBLICATIONS,
     MongoResource,
 )
-from enrollment_pipeline.defs.mongo.writes import BoundedWriter
 from enrollment_pipeline.domain.events import EnrollmentEvent
+from enrollment_pipeline.lib.mongo.writes import BoundedWriter
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,6 @@ from typing import Any
 from pymongo import UpdateOne
 
 from enrollment_pipeline.defs.kafka.resources import Record
-from enrollment_pipeline.defs.mongo.store import DeadLetter, EnrollmentStore
 from enrollment_pipeline.domain.events import (
     EnrollmentEvent,
     Rejection,
@@ -28,6 +27,7 @@ from enrollment_pipeline.domain.events import (
 from enrollment_pipeline.domain.followup_queue import merge_followup, mongo_precision
 from enrollment_pipeline.domain.leads import leads_of
 from enrollment_pipeline.domain.projection import Application, FoldStep, fold_history
+from enrollment_pipeline.lib.mongo.store import DeadLetter, EnrollmentStore
 
 # Steps a test may stop a batch at, to prove a rerun converges.
 CHECKPOINTS = (

@@ -8,15 +8,15 @@ from datetime import UTC, datetime
 
 from kafka.errors import KafkaError
 
-from enrollment_pipeline.defs.ingestion.batch import (
+from enrollment_pipeline.defs.kafka.resources import KafkaResource, KafkaUnavailableError
+from enrollment_pipeline.domain.offset_ranges import RangePlan, lag
+from enrollment_pipeline.lib.ingestion.batch import (
     BatchReport,
     apply_parsed,
     no_checkpoint,
     parse_kafka_records,
 )
-from enrollment_pipeline.defs.ingestion.ranges import RangePlan, lag
-from enrollment_pipeline.defs.kafka.resources import KafkaResource, KafkaUnavailableError
-from enrollment_pipeline.defs.mongo.store import EnrollmentStore
+from enrollment_pipeline.lib.mongo.store import EnrollmentStore
 from enrollment_pipeline.settings import ENROLLMENT_GROUPS, READ_MODEL_GROUP
 
 

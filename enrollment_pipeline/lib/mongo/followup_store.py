@@ -21,8 +21,8 @@ from enrollment_pipeline.defs.mongo.resources import (
     FOLLOWUP_ATTEMPTS,
     MongoResource,
 )
-from enrollment_pipeline.defs.mongo.writes import BoundedWriter
 from enrollment_pipeline.domain.followup_queue import AWAITING, OPEN_STATUSES, PENDING
+from enrollment_pipeline.lib.mongo.writes import BoundedWriter
 
 PAGE_SIZE = 500
 

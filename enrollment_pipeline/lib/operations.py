@@ -6,11 +6,11 @@ import base64
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from enrollment_pipeline.defs.ingestion.batch import BatchReport, Source, apply_parsed
 from enrollment_pipeline.defs.kafka.resources import KafkaResource
 from enrollment_pipeline.defs.mongo.resources import DEAD_LETTERS
-from enrollment_pipeline.defs.mongo.store import EnrollmentStore
 from enrollment_pipeline.domain.events import Rejection, parse_archive_line, parse_record
+from enrollment_pipeline.lib.ingestion.batch import BatchReport, Source, apply_parsed
+from enrollment_pipeline.lib.mongo.store import EnrollmentStore
 from enrollment_pipeline.settings import ENROLLMENT_GROUPS, LEAD_INTEGRATION_GROUP
 
 

@@ -26,12 +26,6 @@ from enrollment_pipeline.defs.email.resources import (
     PermanentEmailError,
     TransientEmailError,
 )
-from enrollment_pipeline.defs.mongo.followup_store import (
-    FollowupStore,
-    failed_outcome,
-    pending_outcome,
-    sent_outcome,
-)
 from enrollment_pipeline.domain.followup_rules import (
     INVALID_ADDRESS,
     RECIPIENT_REJECTED,
@@ -42,6 +36,12 @@ from enrollment_pipeline.domain.followup_rules import (
     followup_email,
     pending_digest,
     valid_address,
+)
+from enrollment_pipeline.lib.mongo.followup_store import (
+    FollowupStore,
+    failed_outcome,
+    pending_outcome,
+    sent_outcome,
 )
 
 # Steps a test may stop a run at, to prove an attempt is never sent twice.
