@@ -54,7 +54,7 @@ def free_ports(count: int) -> list[int]:
 
 def private_stack_settings(state_dir: Path) -> StackSettings:
     """A stack on free ports in `state_dir`, with the shared (warm) download cache."""
-    kafka, controller, mongo, postgres, smtp = free_ports(5)
+    kafka, controller, mongo, postgres, smtp, crm = free_ports(6)
     return StackSettings(
         state_dir=state_dir,
         kafka_port=kafka,
@@ -62,6 +62,7 @@ def private_stack_settings(state_dir: Path) -> StackSettings:
         mongo_port=mongo,
         postgres_port=postgres,
         smtp_port=smtp,
+        crm_port=crm,
         kafka_heap="512m",
     )
 

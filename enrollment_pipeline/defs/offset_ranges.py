@@ -45,7 +45,10 @@ class OffsetRangeConfig(dg.Config):
     topic: str
     ranges: list[OffsetRange] = Field(default_factory=list)
 
-    def plan(self) -> RangePlan:
+    def plan(self) -> RangePlan | None:
+        """The range to read; None when the run covers no offsets."""
+        if not self.ranges:
+            return None
         return RangePlan(
             self.topic,
             tuple(PartitionRange(r.partition, r.start, r.end) for r in self.ranges),
@@ -56,8 +59,8 @@ class OffsetRangeConfig(dg.Config):
         return [OffsetRange(partition=r.partition, start=r.start, end=r.end) for r in plan.ranges]
 
 
-def range_metadata(plan: RangePlan) -> dict[str, str]:
-    return {str(r.partition): f"[{r.start}, {r.end})" for r in plan.ranges}
+def range_metadata(plan: RangePlan | None) -> dict[str, str]:
+    return {str(r.partition): f"[{r.start}, {r.end})" for r in plan.ranges} if plan else {}
 
 
 def busy_partitions(instance: dg.DagsterInstance, job_name: str, topic: str) -> set[int]:

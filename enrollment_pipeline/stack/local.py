@@ -1,4 +1,5 @@
-"""The local service stack: PostgreSQL, a MongoDB wire server, Kafka and an SMTP sink.
+"""The local service stack: PostgreSQL, a MongoDB wire server, Kafka, an SMTP sink and a
+CRM test double.
 
 Started in dependency order, each with a health check before `up` returns; stopped in
 reverse order by pid. Data and logs live under one state folder, downloads and builds in a
@@ -81,6 +82,63 @@ class SmtpSink:
         return self.daemon.stop(timeout_s=10)
 
 
+class CrmDouble:
+    """The local CRM test double (`stack/crm.py`): what LEAD_API_URL points at locally."""
+
+    name = "crm"
+
+    def __init__(self, state_dir: Path, host: str, port: int, timeout_s: float) -> None:
+        self.host, self.port, self.timeout_s = host, port, timeout_s
+        self.received_log = state_dir / "crm" / "received.jsonl"
+        self.daemon = Daemon(
+            name="crm",
+            pid_file=state_dir / "run" / "crm.pid",
+            log_file=state_dir / "logs" / "crm.log",
+            marker="enrollment_pipeline.stack.crm",
+        )
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def up(self) -> None:
+        if self.daemon.already_up(
+            self.is_ready,
+            host=self.host,
+            port=self.port,
+            setting="STACK_CRM_PORT",
+            timeout_s=self.timeout_s,
+        ):
+            return
+        self.received_log.parent.mkdir(parents=True, exist_ok=True)
+        proc = self.daemon.start(
+            [
+                sys.executable,
+                "-m",
+                "enrollment_pipeline.stack.crm",
+                "--host",
+                self.host,
+                "--port",
+                str(self.port),
+                "--log",
+                str(self.received_log),
+            ]
+        )
+        self.daemon.wait_ready(proc, self.is_ready, timeout_s=self.timeout_s)
+
+    def is_ready(self) -> bool:
+        import urllib.request
+
+        try:
+            with urllib.request.urlopen(f"{self.url}/health", timeout=2) as response:
+                return response.status == 200
+        except OSError:
+            return False
+
+    def down(self) -> bool:
+        return self.daemon.stop(timeout_s=10)
+
+
 class LocalStack:
     """What `enrollment-pipeline stack up|down|status|env` drives."""
 
@@ -111,11 +169,12 @@ class LocalStack:
             timeout_s=timeout,
         )
         self.smtp = SmtpSink(state, host, stack.smtp_port, timeout)
+        self.crm = CrmDouble(state, host, stack.crm_port, timeout)
 
     @property
     def services(self) -> list:
         """In start order; FerretDB needs PostgreSQL."""
-        return [self.postgres, self.mongo, self.kafka, self.smtp]
+        return [self.postgres, self.mongo, self.kafka, self.smtp, self.crm]
 
     def install(self) -> None:
         """Download and build what the services need (cached; a no-op when warm)."""
@@ -155,6 +214,7 @@ class LocalStack:
             "mongo": self.mongo.uri,
             "kafka": self.kafka.bootstrap_servers,
             "smtp": f"{self.smtp.host}:{self.smtp.port}",
+            "crm": f"{self.crm.url} (test double)",
         }
         result = []
         for service in self.services:
@@ -190,7 +250,7 @@ class LocalStack:
             "SMTP_STARTTLS": "false",
             "EMAIL_FROM": p.email_from,
             "AWS_REGION": p.aws_region,
-            "LEAD_API_URL": p.lead_api_url,
+            "LEAD_API_URL": self.crm.url,
             "ARCHIVE_ROOT": p.archive_root,
             "ARCHIVE_START_DATE": p.archive_start_date.isoformat(),
             "FOLLOWUP_MAX_EMAILS": str(p.followup_max_emails),

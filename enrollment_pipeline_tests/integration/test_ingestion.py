@@ -20,7 +20,7 @@ from enrollment_pipeline.defs.mongo.resources import (
 )
 from enrollment_pipeline.domain.followup_queue import mongo_precision
 from enrollment_pipeline.lib.ingestion.batch import CHECKPOINTS
-from enrollment_pipeline.lib.ingestion.run import StaleRangeError
+from enrollment_pipeline.lib.offset_commits import StaleRangeError
 from enrollment_pipeline.sample_data import synthetic_records
 from enrollment_pipeline.settings import ENROLLMENT_GROUPS
 from enrollment_pipeline_tests import factories as f

@@ -8,7 +8,9 @@ import uuid
 from pathlib import Path
 
 import pytest
+import requests
 
+from enrollment_pipeline.defs.crm.resources import CrmClient
 from enrollment_pipeline.defs.email.resources import OutgoingEmail, SmtpEmailSender
 from enrollment_pipeline.defs.kafka.resources import KafkaResource
 from enrollment_pipeline.defs.mongo.resources import MongoResource
@@ -51,8 +53,24 @@ def test_up_twice_down_then_up_keeps_the_data():
         ).send(OutgoingEmail("broker@example.com", f"Signature needed {marker}", "Please sign."))
         (kept,) = (state_dir / "mail" / "new").iterdir()
         assert marker in kept.read_text()
+        # The CRM test double takes a lead once, lists it, and says so in the status.
+        lead = {
+            "lead_event_id": marker,
+            "source_event_id": "e-1",
+            "application_id": "APP-1",
+            "lead_status": "NEW",
+            "occurred_at": "2026-11-01T09:00:00Z",
+            "contact": dict.fromkeys(["first_name", "last_name", "email", "phone", "state"], "x"),
+            "product": "DENTAL",
+        }
+        crm = CrmClient(base_url=env["LEAD_API_URL"], max_attempts=1)
+        assert crm.post_lead(lead).status == 201
+        assert crm.post_lead(lead).status == 409
+        listed = requests.get(f"{env['LEAD_API_URL']}/leads", timeout=5).json()
+        assert [x["lead_event_id"] for x in listed["leads"]] == [marker]
+        assert "test double" in {s.name: s.address for s in stack.status()}["crm"]
 
-        assert sorted(stack.down()) == ["kafka", "mongo", "postgres", "smtp"]
+        assert sorted(stack.down()) == ["crm", "kafka", "mongo", "postgres", "smtp"]
         assert not any(_alive(pid) for pid in first.values())
         assert not any(s.running for s in stack.status())
         assert stack.down() == []

@@ -34,6 +34,9 @@ def ingest_offset_range(
 ) -> None:
     """Apply one offset range and report what it did on the four datasets."""
     plan = config.plan()
+    if plan is None:
+        context.log.info("no offset ranges in the run config: nothing to ingest")
+        return
     with mongo.explained_errors():  # a stalled server fails the run; the sensor retries
         result = ingest_range(
             kafka,

@@ -4,11 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 
-from kafka.errors import KafkaError
-
-from enrollment_pipeline.defs.kafka.resources import KafkaResource, KafkaUnavailableError
+from enrollment_pipeline.defs.kafka.resources import KafkaResource
 from enrollment_pipeline.domain.offset_ranges import RangePlan, lag
 from enrollment_pipeline.lib.ingestion.batch import (
     BatchReport,
@@ -17,11 +14,8 @@ from enrollment_pipeline.lib.ingestion.batch import (
     parse_kafka_records,
 )
 from enrollment_pipeline.lib.mongo.store import EnrollmentStore
+from enrollment_pipeline.lib.offset_commits import check_range_start, commit_range
 from enrollment_pipeline.settings import ENROLLMENT_GROUPS, READ_MODEL_GROUP
-
-
-class StaleRangeError(RuntimeError):
-    """The committed offsets moved since the range was planned (reset or another run)."""
 
 
 @dataclass
@@ -43,13 +37,7 @@ def ingest_range(
     checkpoint: Callable[[str], None] = no_checkpoint,
 ) -> IngestResult:
     """Read `[start, end)` per partition, apply it, then commit `end` (Mongo, then Kafka)."""
-    committed = store.committed_offsets(READ_MODEL_GROUP, plan.topic)
-    stale = {r.partition: committed.get(r.partition, 0) for r in plan.ranges}
-    if any(stale[r.partition] != r.start for r in plan.ranges):
-        raise StaleRangeError(
-            f"range {plan.key} no longer starts at the committed offsets {stale}; "
-            "the sensor will plan a new one"
-        )
+    committed = check_range_start(store, READ_MODEL_GROUP, plan)
     records = kafka.read_range(plan.topic, {r.partition: (r.start, r.end) for r in plan.ranges})
     parsed = parse_kafka_records(records, max_bytes=max_record_bytes)
     report = apply_parsed(
@@ -60,15 +48,7 @@ def ingest_range(
     )
     checkpoint("before_offset_commit")
     offsets = {r.partition: r.end for r in plan.ranges}
-    store.commit_offsets(
-        ENROLLMENT_GROUPS, plan.topic, offsets, now=datetime.now(UTC), run_id=run_id
-    )
-    errors = []
-    for group in ENROLLMENT_GROUPS:  # best effort: Mongo holds the authoritative offsets
-        try:
-            kafka.commit_group_offsets(group, plan.topic, offsets)
-        except (KafkaError, KafkaUnavailableError) as exc:
-            errors.append(f"{group}: {exc}")
+    errors = commit_range(kafka, store, ENROLLMENT_GROUPS, plan.topic, offsets, run_id=run_id)
     committed.update(offsets)
     return IngestResult(
         report=report,

@@ -1,0 +1,439 @@
+"""Lead delivery to a real HTTP server on loopback: the local CRM test double, or
+pytest-httpserver where a test needs a server that misbehaves in a precise way.
+
+Leads reach the lead topic the way they do in production: enrollment events are ingested and
+ingestion publishes them.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Iterator
+
+import dagster as dg
+import pytest
+from pytest_httpserver import HTTPServer
+from werkzeug import Request, Response
+
+from enrollment_pipeline.defs.crm.resources import CrmClient
+from enrollment_pipeline.defs.leads.jobs import deliver_leads
+from enrollment_pipeline.defs.leads.sensors import lead_events_sensor
+from enrollment_pipeline.defs.mongo.resources import DEAD_LETTERS, LEAD_DELIVERIES
+from enrollment_pipeline.defs.offset_ranges import ATTEMPT_TAG
+from enrollment_pipeline.domain.offset_ranges import PartitionRange, RangePlan
+from enrollment_pipeline.lib.leads.delivery import DeliveryReport, deliver_range
+from enrollment_pipeline.lib.mongo.lead_store import LeadDeliveryStore
+from enrollment_pipeline.sample_data import synthetic_events
+from enrollment_pipeline.settings import LEAD_INTEGRATION_GROUP
+from enrollment_pipeline.stack.crm import LocalCrm
+from enrollment_pipeline_tests import factories as f
+from enrollment_pipeline_tests.conftest import free_ports
+from enrollment_pipeline_tests.pipeline import Pipeline, expected_state
+
+pytestmark = pytest.mark.integration
+
+CONTACT_VALUES = ("Jane", "Doe", "jane.doe@example.com", "+1-555-0100")
+
+
+@pytest.fixture
+def local_crm() -> Iterator[LocalCrm]:
+    (port,) = free_ports(1)
+    crm = LocalCrm("127.0.0.1", port, token="s3cret-token").start()
+    yield crm
+    crm.stop()
+
+
+@pytest.fixture
+def threaded_httpserver() -> Iterator[HTTPServer]:
+    """pytest-httpserver answering each request on its own thread, so one stalled request
+    does not queue the others behind it (as a real API would not)."""
+    server = HTTPServer(host="127.0.0.1", threaded=True)
+    server.start()
+    yield server
+    server.clear()
+    server.stop()
+
+
+def client(url: str, **kwargs) -> CrmClient:
+    options = {"token": "s3cret-token", "backoff_initial_s": 0.01, "read_timeout_s": 5.0}
+    return CrmClient(base_url=url.rstrip("/"), **{**options, **kwargs})
+
+
+def lead_plan(pipeline: Pipeline) -> RangePlan | None:
+    committed = pipeline.store.committed_offsets(LEAD_INTEGRATION_GROUP, pipeline.lead_topic)
+    ends = pipeline.kafka.end_offsets(pipeline.lead_topic)
+    ranges = tuple(
+        PartitionRange(p, committed.get(p, 0), end)
+        for p, end in sorted(ends.items())
+        if end > committed.get(p, 0)
+    )
+    return RangePlan(pipeline.lead_topic, ranges) if ranges else None
+
+
+def deliver(pipeline: Pipeline, crm: CrmClient, **kwargs) -> DeliveryReport:
+    deliveries = LeadDeliveryStore(pipeline.mongo.db(), pipeline.mongo.writer())
+    return deliver_range(
+        pipeline.kafka, pipeline.store, deliveries, crm, lead_plan(pipeline), **kwargs
+    )
+
+
+def publish(pipeline: Pipeline, events: list[dict]) -> list[dict]:
+    """Ingest enrollment events; the leads ingestion published, in topic order."""
+    pipeline.produce([f.record(e) for e in events])
+    pipeline.ingest()
+    return pipeline.leads()
+
+
+def updated(app_id: str, minutes: float, phone: str) -> dict:
+    return f.event(
+        "ApplicationUpdated", app_id, minutes, {"changes": {"applicant": {"phone": phone}}}
+    )
+
+
+def three_leads(app_id: str) -> list[dict]:
+    """NEW, UPDATED, UPDATED (the application stays open)."""
+    return [
+        f.submitted(app_id, 0),
+        updated(app_id, 10, "+1-555-0111"),
+        f.approved(app_id, 20),
+        updated(app_id, 30, "+1-555-0122"),
+    ]
+
+
+def deliveries_of(pipeline: Pipeline) -> dict[str, dict]:
+    return {d["_id"]: d for d in pipeline.mongo.db()[LEAD_DELIVERIES].find()}
+
+
+# -- the whole flow through Dagster ----------------------------------------------------------
+
+
+def test_every_consenting_lead_arrives_once_in_order_through_the_sensor_and_job(
+    pipeline: Pipeline, local_crm: LocalCrm
+):
+    records = list(synthetic_events(150, seed=8, start=f.T0))
+    pipeline.produce(records)
+    pipeline.ingest()
+    published = pipeline.leads()
+    _, expected = expected_state(records)
+    assert sorted(x["lead_event_id"] for x in published) == sorted(
+        x.lead_event_id for x in expected
+    )
+    resources = {**pipeline.resources(lead_max_per_run=200), "crm": client(local_crm.url)}
+
+    runs = 0
+    with dg.instance_for_test() as instance:
+        while True:
+            with dg.build_sensor_context(instance=instance, resources=resources) as context:
+                result = lead_events_sensor(context)
+            if isinstance(result, dg.SkipReason):
+                break
+            (request,) = result.run_requests
+            ranges = request.run_config["ops"]["deliver_lead_range"]["config"]["ranges"]
+            assert sum(r["end"] - r["start"] for r in ranges) <= 200
+            outcome = deliver_leads.execute_in_process(
+                run_config=request.run_config,
+                resources=resources,
+                instance=instance,
+                tags=request.tags,
+            )
+            (materialization,) = outcome.asset_materializations_for_node("deliver_lead_range")
+            assert materialization.asset_key.to_user_string() == "crm_leads"
+            runs += 1
+            assert runs < 20
+
+    # Exactly the published leads, each once, byte for byte the contract payload.
+    received = local_crm.state.leads
+    assert sorted(json.dumps(x, sort_keys=True) for x in received) == sorted(
+        json.dumps(x, sort_keys=True) for x in published
+    )
+    assert set(local_crm.state.requests.values()) == {1}
+    # Applications that never consented have no lead at the CRM.
+    consenting = {x.application_id for x in expected}
+    assert {x["application_id"] for x in received} == consenting
+    assert len(consenting) < 150  # the generator has non-consenting applicants too
+    # Each application's leads arrived in topic order.
+    in_topic: dict[str, list[str]] = defaultdict(list)
+    for lead in published:
+        in_topic[lead["application_id"]].append(lead["lead_event_id"])
+    arrived: dict[str, list[str]] = defaultdict(list)
+    for lead in received:
+        arrived[lead["application_id"]].append(lead["lead_event_id"])
+    assert arrived == in_topic
+    assert set(d["status"] for d in deliveries_of(pipeline).values()) == {"DELIVERED"}
+    committed = pipeline.store.committed_offsets(LEAD_INTEGRATION_GROUP, pipeline.lead_topic)
+    assert committed == {
+        p: e for p, e in pipeline.kafka.end_offsets(pipeline.lead_topic).items() if e
+    }
+    assert pipeline.kafka.group_offsets(LEAD_INTEGRATION_GROUP) == {
+        (pipeline.lead_topic, p): o for p, o in committed.items()
+    }
+    metadata = {k: v.value for k, v in materialization.metadata.items()}
+    assert metadata["p95_latency_ms"] >= metadata["p50_latency_ms"] > 0
+
+
+def test_the_token_and_the_contact_never_reach_logs_metadata_or_run_config(
+    pipeline: Pipeline, local_crm: LocalCrm
+):
+    publish(pipeline, [f.submitted("APP-1"), f.submitted("APP-2")])
+    resources = {**pipeline.resources(), "crm": client(local_crm.url)}
+    with dg.instance_for_test() as instance:
+        with dg.build_sensor_context(instance=instance, resources=resources) as context:
+            (request,) = lead_events_sensor(context).run_requests
+        outcome = deliver_leads.execute_in_process(
+            run_config=request.run_config, resources=resources, instance=instance
+        )
+        assert outcome.success
+        logs = [repr(e) for e in instance.all_logs(outcome.run_id)]
+        shown = "\n".join(logs) + json.dumps(request.run_config, default=str)
+    assert len(local_crm.state.leads) == 2
+    for secret in ("s3cret-token", *CONTACT_VALUES):
+        assert secret not in shown
+
+
+# -- a misbehaving CRM -----------------------------------------------------------------------
+
+
+class FlappingCrm:
+    """Every other request 500, every fifth a 429 with Retry-After, one stall past the client's
+    read timeout; otherwise 201, or 409 for a key it took already. Logs what each key got."""
+
+    def __init__(self, stall_s: float) -> None:
+        self.stall_s, self.count, self.stalled = stall_s, 0, False
+        self.taken: set[str] = set()
+        self.answers: dict[str, list[str]] = defaultdict(list)
+        self.lock = threading.Lock()
+
+    def __call__(self, request: Request) -> Response:
+        key = request.headers["Idempotency-Key"]
+        with self.lock:
+            self.count += 1
+            n = self.count
+            stall = not self.stalled and n == 6
+            self.stalled = self.stalled or stall
+        if stall:
+            with self.lock:
+                self.taken.add(key)
+                self.answers[key].append("stalled")
+            time.sleep(self.stall_s)  # the client gave up; the CRM took the lead anyway
+            return Response("{}", status=201)
+        with self.lock:
+            if n % 5 == 0:
+                self.answers[key].append("429")
+                return Response("slow down", status=429, headers={"Retry-After": "1"})
+            if n % 2 == 1:
+                self.answers[key].append("500")
+                return Response("oops", status=500)
+            answer = "409" if key in self.taken else "201"
+            self.taken.add(key)
+            self.answers[key].append(answer)
+            return Response("{}", status=int(answer))
+
+
+def test_a_flapping_crm_gets_every_lead_and_no_key_again_after_a_success(
+    pipeline: Pipeline, threaded_httpserver: HTTPServer
+):
+    httpserver = threaded_httpserver
+    published = publish(pipeline, [f.submitted(f"APP-{i}", i) for i in range(12)])
+    crm = FlappingCrm(stall_s=3.0)
+    httpserver.expect_request("/leads", method="POST").respond_with_handler(crm)
+
+    report = deliver(
+        pipeline,
+        client(httpserver.url_for("/"), read_timeout_s=1.0, max_attempts=8),
+        concurrency=3,
+    )
+
+    assert report.delivered == len(published) == 12
+    assert (report.parked, report.permanently_failed, report.unfinished) == (0, 0, 0)
+    assert report.retried > 0
+    assert crm.taken == {x["lead_event_id"] for x in published}
+    assert any("stalled" in answers for answers in crm.answers.values())
+    for key, answers in crm.answers.items():
+        # The client saw exactly one success per key, and it was that key's last request.
+        seen = [a for a in answers if a != "stalled"]
+        assert seen[-1] in ("201", "409") and all(a in ("500", "429") for a in seen[:-1]), key
+
+    # Replaying the whole topic (offsets reset) posts nothing: the records say delivered.
+    pipeline.store.commit_offsets(
+        [LEAD_INTEGRATION_GROUP],
+        pipeline.lead_topic,
+        dict.fromkeys(range(3), 0),
+        now=f.T0,
+        run_id=None,
+    )
+    before = crm.count
+    again = deliver(pipeline, client(httpserver.url_for("/")))
+    assert (again.already_delivered, again.delivered, crm.count) == (12, 0, before)
+
+
+def test_a_refused_lead_is_dead_lettered_and_holds_back_only_its_application(
+    pipeline: Pipeline, local_crm: LocalCrm, httpserver
+):
+    published = publish(pipeline, three_leads("APP-A") + three_leads("APP-B"))
+    first_of_a = next(x for x in published if x["application_id"] == "APP-A")
+    refused = {first_of_a["lead_event_id"]}
+
+    def crm(request: Request) -> Response:
+        body = request.get_json()
+        if body["lead_event_id"] in refused:
+            # CRMs echo the offending value back: it must not reach the dead letter.
+            return Response(
+                json.dumps(
+                    {
+                        "error": f"invalid phone for {body['contact']['email']}: "
+                        f"{body['contact']['phone']}"
+                    }
+                ),
+                status=400,
+            )
+        forwarded = local_crm.state  # the double keeps arrival order
+        with forwarded.lock:
+            forwarded.leads.append(body)
+        return Response("{}", status=201)
+
+    httpserver.expect_request("/leads", method="POST").respond_with_handler(crm)
+    report = deliver(pipeline, client(httpserver.url_for("/")))
+
+    assert (report.delivered, report.permanently_failed, report.parked_behind) == (3, 1, 2)
+    arrived = [x["application_id"] for x in local_crm.state.leads]
+    assert arrived == ["APP-B"] * 3
+    letter = pipeline.mongo.db()[DEAD_LETTERS].find_one(
+        {"_id": f"crm:{first_of_a['lead_event_id']}"}
+    )
+    assert letter["reason"] == "crm_rejected" and letter["status"] == "OPEN"
+    assert letter["detail"].startswith("HTTP 400")
+    assert not any(value in json.dumps(letter, default=str) for value in CONTACT_VALUES)
+    states = {
+        d["_id"]: (d["status"], d.get("parked_reason")) for d in deliveries_of(pipeline).values()
+    }
+    a_ids = [x["lead_event_id"] for x in published if x["application_id"] == "APP-A"]
+    assert [states[i] for i in a_ids] == [
+        ("FAILED", None),
+        ("PARKED", "behind"),
+        ("PARKED", "behind"),
+    ]
+    # The offsets moved past them all: parked leads wait in lead_deliveries, not in Kafka.
+    assert lead_plan(pipeline) is None
+
+    # New leads of the blocked application wait too; a plain run retries nothing refused.
+    publish(pipeline, [f.withdrawn("APP-A", 40)])
+    assert deliver(pipeline, client(httpserver.url_for("/"))).parked_behind == 1
+
+    refused.clear()  # the CRM team fixed their validation
+    redriven = deliver(pipeline, client(httpserver.url_for("/")), redrive=True)
+    assert (redriven.delivered, redriven.redriven) == (4, 4)
+    a_arrived = [
+        x["lead_event_id"] for x in local_crm.state.leads if x["application_id"] == "APP-A"
+    ]
+    assert a_arrived == [
+        x["lead_event_id"] for x in pipeline.leads() if x["application_id"] == "APP-A"
+    ]
+    assert (
+        pipeline.mongo.db()[DEAD_LETTERS].find_one({"_id": letter["_id"]})["status"] == "REDRIVEN"
+    )
+    docs = deliveries_of(pipeline).values()
+    assert {d["status"] for d in docs} == {"DELIVERED"}
+    assert not any("lead" in d for d in docs)  # the payload copy is gone once delivered
+
+
+def test_a_crash_after_the_post_before_the_record_reposts_with_the_same_key(
+    pipeline: Pipeline, local_crm: LocalCrm
+):
+    published = publish(pipeline, [f.submitted(f"APP-{i}", i) for i in range(5)])
+
+    def crash(step: str) -> None:
+        if step == "after_posts_before_records":
+            raise RuntimeError("worker killed")
+
+    with pytest.raises(RuntimeError, match="worker killed"):
+        deliver(pipeline, client(local_crm.url), checkpoint=crash)
+    assert len(local_crm.state.leads) == 5
+    assert deliveries_of(pipeline) == {}
+    assert lead_plan(pipeline) is not None  # nothing committed
+
+    rerun = deliver(pipeline, client(local_crm.url))
+    assert rerun.delivered == 5
+    keys = {x["lead_event_id"] for x in published}
+    assert dict(local_crm.state.requests) == dict.fromkeys(keys, 2)  # the same keys again
+    assert len(local_crm.state.leads) == 5  # and the CRM took each once
+    assert lead_plan(pipeline) is None
+
+
+def test_a_down_crm_fails_the_run_then_parked_leads_are_retried_by_the_sensor(
+    pipeline: Pipeline, local_crm: LocalCrm
+):
+    publish(pipeline, [f.submitted(f"APP-{i}", i) for i in range(8)])
+    local_crm.fail_next(10, 503)
+    resources = {
+        **pipeline.resources(lead_concurrency=1, lead_park_minutes=0),
+        "crm": client(local_crm.url, max_attempts=2),
+    }
+    with dg.instance_for_test() as instance:
+        with dg.build_sensor_context(instance=instance, resources=resources) as context:
+            (request,) = lead_events_sensor(context).run_requests
+        failed = deliver_leads.execute_in_process(
+            run_config=request.run_config,
+            resources=resources,
+            instance=instance,
+            tags=request.tags,
+            raise_on_error=False,
+        )
+        assert not failed.success
+        failure = next(e for e in failed.all_events if e.is_failure)
+        assert "the CRM at" in str(failure.event_specific_data)
+        parked = [d for d in deliveries_of(pipeline).values() if d["status"] == "PARKED"]
+        assert len(parked) == 5  # the breaker opened after 5 leads in a row; 3 not started
+        assert local_crm.state.leads == []
+
+        # The CRM is back: the sensor asks for the rest of the range, then for the parked.
+        for _ in range(4):
+            with dg.build_sensor_context(instance=instance, resources=resources) as context:
+                result = lead_events_sensor(context)
+            if isinstance(result, dg.SkipReason):
+                break
+            (request,) = result.run_requests
+            assert deliver_leads.execute_in_process(
+                run_config=request.run_config,
+                resources=resources,
+                instance=instance,
+                tags=request.tags,
+            ).success
+    assert len(local_crm.state.leads) == 8
+    assert {d["status"] for d in deliveries_of(pipeline).values()} == {"DELIVERED"}
+
+
+def test_a_failing_range_is_requested_again_then_reported(pipeline: Pipeline, local_crm):
+    from enrollment_pipeline.defs.mongo.resources import MongoResource
+
+    publish(pipeline, [f.submitted(f"APP-{i}", i) for i in range(4)])
+    resources = {**pipeline.resources(lead_max_range_attempts=2), "crm": client(local_crm.url)}
+    broken = {
+        **resources,
+        "mongo": MongoResource(
+            uri="mongodb://127.0.0.1:1/",
+            database=pipeline.mongo.database,
+            server_selection_timeout_ms=300,
+        ),
+    }
+    keys = []
+    with dg.instance_for_test() as instance:
+        for attempt in (1, 2):
+            with dg.build_sensor_context(instance=instance, resources=resources) as context:
+                (request,) = lead_events_sensor(context).run_requests
+            assert request.tags[ATTEMPT_TAG] == str(attempt)
+            keys.append(request.run_key)
+            assert not deliver_leads.execute_in_process(
+                run_config=request.run_config,
+                resources=broken,
+                instance=instance,
+                tags=request.tags,
+                raise_on_error=False,
+            ).success
+        with dg.build_sensor_context(instance=instance, resources=resources) as context:
+            outcome = lead_events_sensor(context)
+    assert len(set(keys)) == 2
+    assert isinstance(outcome, dg.SkipReason) and "failed 2 times" in outcome.skip_message
+    assert local_crm.state.leads == []
