@@ -277,13 +277,13 @@ def _pipeline(with_store: bool = True):
     return settings, kafka, EnrollmentStore.of(mongo)
 
 
-def _in_flight_ingestion() -> list[str]:
-    """Run ids of ingestion runs not finished, from the Dagster instance ($DAGSTER_HOME)."""
+def _in_flight(job_name: str) -> list[str]:
+    """Run ids of `job_name` runs not finished, from the Dagster instance ($DAGSTER_HOME)."""
     import os
 
     import dagster as dg
 
-    from enrollment_pipeline.defs.ingestion.sensors import IN_FLIGHT
+    from enrollment_pipeline.defs.offset_ranges import IN_FLIGHT
 
     if not os.environ.get("DAGSTER_HOME"):
         raise click.ClickException(
@@ -291,9 +291,7 @@ def _in_flight_ingestion() -> list[str]:
             "checked (or pass --force when no Dagster process runs)"
         )
     with dg.DagsterInstance.get() as instance:
-        runs = instance.get_runs(
-            dg.RunsFilter(job_name="ingest_enrollment_events", statuses=IN_FLIGHT)
-        )
+        runs = instance.get_runs(dg.RunsFilter(job_name=job_name, statuses=IN_FLIGHT))
         return [run.run_id for run in runs]
 
 
@@ -338,37 +336,45 @@ def offsets_show() -> None:
 @click.option("--to-offset", type=int, help="Restart every chosen partition at this offset.")
 @click.option("--to-time", type=click.DateTime(), help="Restart at the first event at/after.")
 @click.option("--partition", "partitions", type=int, multiple=True, help="Only these.")
+@click.option(
+    "--consumer",
+    type=click.Choice(["enrollment", "leads"]),
+    default="enrollment",
+    show_default=True,
+    help="enrollment: the three groups on the enrollment topic; leads: "
+    "lead-integration-service on the lead topic.",
+)
 @click.option("--force", is_flag=True, help="Skip the check for runs in flight.")
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
-def offsets_reset(to_offset, to_time, partitions, force, yes) -> None:
-    """Move the enrollment consumer groups, so the sensor replays from there.
+def offsets_reset(to_offset, to_time, partitions, consumer, force, yes) -> None:
+    """Move a consumer's groups, so its sensor replays from there.
 
-    Replays are safe: events already stored are no-ops and leads are not published twice.
-    Refused while an ingestion run is in flight.
+    Replays are safe: events already stored are no-ops, leads are not published twice, and
+    delivered leads are not posted again. Refused while one of its runs is in flight.
     """
     from datetime import UTC
 
     from enrollment_pipeline.lib.operations import reset_offsets, reset_targets
+    from enrollment_pipeline.settings import ENROLLMENT_GROUPS, LEAD_INTEGRATION_GROUP
 
     if (to_offset is None) == (to_time is None):
         raise click.UsageError("give exactly one of --to-offset and --to-time")
+    job = "ingest_enrollment_events" if consumer == "enrollment" else "deliver_leads"
     if not force:
-        running = _in_flight_ingestion()
+        running = _in_flight(job)
         if running:
-            raise click.ClickException(f"ingestion runs in flight: {', '.join(running)}")
+            raise click.ClickException(f"{job} runs in flight: {', '.join(running)}")
     settings, kafka, store = _pipeline()
+    topic = settings.enrollment_topic if consumer == "enrollment" else settings.lead_topic
+    groups = ENROLLMENT_GROUPS if consumer == "enrollment" else (LEAD_INTEGRATION_GROUP,)
     when = to_time.replace(tzinfo=to_time.tzinfo or UTC) if to_time else None
     targets = reset_targets(
-        kafka,
-        settings.enrollment_topic,
-        to_offset=to_offset,
-        to_time=when,
-        partitions=list(partitions) or None,
+        kafka, topic, to_offset=to_offset, to_time=when, partitions=list(partitions) or None
     )
-    click.echo(f"new offsets for {settings.enrollment_topic}: {targets}")
+    click.echo(f"new offsets for {', '.join(groups)} on {topic}: {targets}")
     if not yes:
         click.confirm("Apply?", abort=True)
-    reset_offsets(kafka, store, settings.enrollment_topic, targets)
+    reset_offsets(kafka, store, topic, targets, groups=groups)
     click.echo("done; the sensor will replay from there")
 
 
@@ -434,16 +440,29 @@ def dead_letters_show(letter_id) -> None:
 @dead_letters.command("redrive")
 @click.argument("letter_ids", nargs=-1)
 @click.option("--reason", help="Re-drive every open letter with this reason.")
-def dead_letters_redrive(letter_ids, reason) -> None:
-    """Parse the kept input again and apply what is valid now (leads are published)."""
+@click.option(
+    "--leads", is_flag=True, help="Deliver every parked or CRM-refused lead again, in order."
+)
+@click.option("--force", is_flag=True, help="Skip the check for delivery runs in flight.")
+def dead_letters_redrive(letter_ids, reason, leads, force) -> None:
+    """Apply kept input again after a fix: records are parsed again and applied (their leads
+    published); `crm:` letters and parked leads are posted to the CRM again, in order."""
     from enrollment_pipeline.lib.operations import list_dead_letters, redrive
 
     settings, kafka, store = _pipeline()
     ids = list(letter_ids)
     if reason:
         ids += [d["_id"] for d in list_dead_letters(store, reason=reason, limit=100_000)]
+    lead_letters = [i for i in ids if i.startswith("crm:")]
+    ids = [i for i in ids if not i.startswith("crm:")]
+    if leads or lead_letters:
+        if not force and _in_flight("deliver_leads"):
+            raise click.ClickException("deliver_leads runs in flight: try again when they end")
+        _redrive_leads(settings, kafka, store, None if leads else lead_letters)
     if not ids:
-        raise click.UsageError("name dead letters or give --reason")
+        if not (leads or lead_letters):
+            raise click.UsageError("name dead letters, or give --reason or --leads")
+        return
     result = redrive(
         store,
         ids,
@@ -453,6 +472,47 @@ def dead_letters_redrive(letter_ids, reason) -> None:
     click.echo(f"re-driven: {len(result.redriven)}; still rejected: {len(result.still_rejected)}")
     for letter_id, why in result.still_rejected.items():
         click.echo(f"  {letter_id}: {why}")
+
+
+def _redrive_leads(settings, kafka, store, letter_ids: list[str] | None) -> None:
+    """Deliver parked and failed leads now: all of them, or those of the named letters'
+    applications (with what waits behind them)."""
+    from enrollment_pipeline.defs.crm.resources import CrmClient
+    from enrollment_pipeline.lib.leads.delivery import CrmUnavailableError, deliver_range
+    from enrollment_pipeline.lib.mongo.lead_store import LeadDeliveryStore
+
+    applications = None
+    if letter_ids is not None:
+        deliveries = LeadDeliveryStore(store.db, store.writer)
+        found = deliveries.of_ids(i.removeprefix("crm:") for i in letter_ids)
+        applications = {d["application_id"] for d in found.values()}
+    crm = CrmClient(
+        base_url=settings.lead_api_url,
+        token=settings.lead_api_token.get_secret_value() if settings.lead_api_token else None,
+        connect_timeout_s=settings.lead_api_connect_timeout_seconds,
+        read_timeout_s=settings.lead_api_read_timeout_seconds,
+        max_attempts=settings.lead_api_max_attempts,
+    )
+    try:
+        report = deliver_range(
+            kafka,
+            store,
+            LeadDeliveryStore(store.db, store.writer),
+            crm,
+            None,
+            redrive=True,
+            only_applications=applications,
+            budget_s=settings.lead_run_budget_seconds,
+            concurrency=settings.lead_concurrency,
+        )
+    except CrmUnavailableError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(
+        f"leads delivered: {report.redriven}; refused again: {report.permanently_failed}; "
+        f"parked again: {report.parked} (+{report.parked_behind} behind); "
+        f"still waiting: {report.open_by_status.get('PARKED', 0)} parked, "
+        f"{report.open_by_status.get('FAILED', 0)} failed"
+    )
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ import port_for
 import pytest
 from aiosmtpd.controller import Controller
 from moto.server import ThreadedMotoServer
+from pytest_httpserver import HTTPServer
 
 from enrollment_pipeline.defs.kafka.resources import KafkaResource
 from enrollment_pipeline.defs.mongo.resources import MongoResource
@@ -155,6 +156,17 @@ def own_mongo_server() -> Iterator[MongoWire]:
         server.down()
         stack.postgres.down()
         shutil.rmtree(state_dir, ignore_errors=True)
+
+
+@pytest.fixture
+def threaded_httpserver() -> Iterator[HTTPServer]:
+    """pytest-httpserver answering each request on its own thread, so one stalled request
+    does not queue the others behind it (as a real API would not)."""
+    server = HTTPServer(host="127.0.0.1", threaded=True)
+    server.start()
+    yield server
+    server.clear()
+    server.stop()
 
 
 @pytest.fixture

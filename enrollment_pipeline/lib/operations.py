@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -72,11 +73,16 @@ def reset_targets(
 
 
 def reset_offsets(
-    kafka: KafkaResource, store: EnrollmentStore, topic: str, targets: dict[int, int]
+    kafka: KafkaResource,
+    store: EnrollmentStore,
+    topic: str,
+    targets: dict[int, int],
+    *,
+    groups: Sequence[str] = ENROLLMENT_GROUPS,
 ) -> None:
-    """Move the enrollment groups to `targets` in Mongo and in Kafka (the next run replays)."""
-    store.commit_offsets(ENROLLMENT_GROUPS, topic, targets, now=datetime.now(UTC), run_id=None)
-    for group in ENROLLMENT_GROUPS:
+    """Move `groups` to `targets` in Mongo and in Kafka (the next run replays from there)."""
+    store.commit_offsets(groups, topic, targets, now=datetime.now(UTC), run_id=None)
+    for group in groups:
         kafka.commit_group_offsets(group, topic, targets)
 
 

@@ -11,7 +11,8 @@ It does what the pipeline relies on a real CRM for, and no more:
   `count` POSTs answer `status` (with `Retry-After` when given), or stall `delay_s` first;
   `DELETE /leads` forgets everything. `GET /health` answers 200.
 
-Run it with `python -m enrollment_pipeline.stack.crm --port 8090 [--token T] [--log FILE]`;
+Run it with `python -m enrollment_pipeline.stack.crm --port 8090 [--token T] [--log FILE]
+[--delay-ms N]`;
 `enrollment-pipeline stack up` does. State is in memory (and appended to `--log`).
 """
 
@@ -53,6 +54,7 @@ class Fault:
 class CrmState:
     token: str | None = None
     log_file: Path | None = None
+    delay_s: float = 0.0  # every POST answers this much later, as a remote API would
     leads: list[dict[str, Any]] = field(default_factory=list)
     keys: set[str] = field(default_factory=set)
     requests: Counter[str] = field(default_factory=Counter)
@@ -85,6 +87,9 @@ def _problem(lead: Any) -> str | None:
 class _Handler(BaseHTTPRequestHandler):
     server: _Server
     protocol_version = "HTTP/1.1"  # keep-alive, as a real API
+    # Headers and body go out in two writes: without this, Nagle's algorithm and the
+    # client's delayed ACK add 40 ms to every answer.
+    disable_nagle_algorithm = True
 
     def log_message(self, format: str, *args: Any) -> None:  # no contact data in logs
         pass
@@ -152,6 +157,8 @@ class _Handler(BaseHTTPRequestHandler):
         if path != "/leads":
             self._send(404, {"error": "not found"})
             return
+        if state.delay_s:
+            time.sleep(state.delay_s)
         key = self.headers.get("Idempotency-Key")
         if key:
             with state.lock:
@@ -207,9 +214,10 @@ class LocalCrm:
         *,
         token: str | None = None,
         log_file: Path | None = None,
+        delay_s: float = 0.0,
     ) -> None:
         self.server = _Server((host, port), _Handler)
-        self.server.state = CrmState(token=token, log_file=log_file)
+        self.server.state = CrmState(token=token, log_file=log_file, delay_s=delay_s)
         self._thread: threading.Thread | None = None
 
     @property
@@ -248,8 +256,11 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=8090)
     parser.add_argument("--token", default=None)
     parser.add_argument("--log", type=Path, default=None)
+    parser.add_argument("--delay-ms", type=float, default=0.0, help="Answer every POST later.")
     args = parser.parse_args()
-    crm = LocalCrm(args.host, args.port, token=args.token, log_file=args.log)
+    crm = LocalCrm(
+        args.host, args.port, token=args.token, log_file=args.log, delay_s=args.delay_ms / 1000
+    )
     print(f"local CRM test double on {crm.url} (not a CRM)", flush=True)
     crm.server.serve_forever()
 

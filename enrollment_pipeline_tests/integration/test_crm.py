@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 from werkzeug import Response
 
-from enrollment_pipeline.defs.crm.resources import CrmClient, RetryableCrmError
+from enrollment_pipeline.defs.crm.resources import CrmClient
 from enrollment_pipeline_tests.conftest import free_ports
 
 pytestmark = pytest.mark.integration
 
-LEAD = {"lead_event_id": "lead-1", "application_id": "APP-1", "lead_status": "NEW"}
+LEAD = {
+    "lead_event_id": "lead-1",
+    "application_id": "APP-1",
+    "lead_status": "NEW",
+    "contact": {"email": "jane@example.com", "first_name": "Jane"},
+}
 
 
 def _client(httpserver, **kwargs) -> CrmClient:
@@ -48,16 +55,49 @@ def test_server_errors_and_throttling_are_retried(httpserver):
 
 
 def test_other_client_errors_are_permanent_and_not_retried(httpserver):
-    httpserver.expect_request("/leads").respond_with_data("bad lead", status=422)
+    httpserver.expect_request("/leads").respond_with_data(
+        "bad email jane@example.com for Jane", status=422
+    )
     outcome = _client(httpserver).post_lead(LEAD)
-    assert (outcome.delivered, outcome.status, outcome.detail) == (False, 422, "bad lead")
+    assert (outcome.outcome, outcome.status, outcome.attempts) == ("rejected", 422, 1)
+    # The CRM's words are kept, the contact it echoed is not.
+    assert outcome.detail == "HTTP 422: bad email [redacted] for [redacted]"
     assert len(httpserver.log) == 1
 
 
-def test_unreachable_crm_raises_after_the_attempts():
+def test_unreachable_crm_is_exhausted_after_the_attempts():
     (port,) = free_ports(1)
     client = CrmClient(
-        base_url=f"http://127.0.0.1:{port}", max_attempts=2, backoff_initial_s=0.01, timeout_s=1
+        base_url=f"http://127.0.0.1:{port}",
+        max_attempts=2,
+        backoff_initial_s=0.01,
+        connect_timeout_s=1,
     )
-    with pytest.raises(RetryableCrmError, match="unreachable"):
-        client.post_lead(LEAD)
+    outcome = client.post_lead(LEAD)
+    assert (outcome.outcome, outcome.status, outcome.attempts) == ("exhausted", None, 2)
+    assert outcome.detail == "no answer: ConnectionError"
+
+
+def test_a_stall_past_the_read_timeout_is_retried(threaded_httpserver):
+    httpserver = threaded_httpserver
+    stalled = []
+
+    def handler(request):
+        if not stalled:
+            stalled.append(True)
+            time.sleep(1.5)
+        return Response("{}", status=201)
+
+    httpserver.expect_request("/leads").respond_with_handler(handler)
+    outcome = _client(httpserver, read_timeout_s=0.5).post_lead(LEAD)
+    assert (outcome.outcome, outcome.attempts) == ("delivered", 2)
+
+
+def test_a_retry_after_beyond_the_deadline_stops_in_time(httpserver):
+    httpserver.expect_request("/leads").respond_with_response(
+        Response("busy", status=429, headers={"Retry-After": "60"})
+    )
+    started = time.monotonic()
+    outcome = _client(httpserver).post_lead(LEAD, deadline=time.monotonic() + 2)
+    assert (outcome.outcome, outcome.status, outcome.attempts) == ("out_of_time", 429, 1)
+    assert time.monotonic() - started < 2

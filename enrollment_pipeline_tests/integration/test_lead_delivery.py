@@ -46,17 +46,6 @@ def local_crm() -> Iterator[LocalCrm]:
     crm.stop()
 
 
-@pytest.fixture
-def threaded_httpserver() -> Iterator[HTTPServer]:
-    """pytest-httpserver answering each request on its own thread, so one stalled request
-    does not queue the others behind it (as a real API would not)."""
-    server = HTTPServer(host="127.0.0.1", threaded=True)
-    server.start()
-    yield server
-    server.clear()
-    server.stop()
-
-
 def client(url: str, **kwargs) -> CrmClient:
     options = {"token": "s3cret-token", "backoff_initial_s": 0.01, "read_timeout_s": 5.0}
     return CrmClient(base_url=url.rstrip("/"), **{**options, **kwargs})
@@ -437,3 +426,39 @@ def test_a_failing_range_is_requested_again_then_reported(pipeline: Pipeline, lo
     assert len(set(keys)) == 2
     assert isinstance(outcome, dg.SkipReason) and "failed 2 times" in outcome.skip_message
     assert local_crm.state.leads == []
+
+
+def test_the_operator_redrives_a_refused_lead_from_the_command_line(
+    pipeline: Pipeline, local_crm: LocalCrm, services, monkeypatch
+):
+    from click.testing import CliRunner
+
+    from enrollment_pipeline.cli import main
+
+    published = publish(pipeline, [*three_leads("APP-A"), f.submitted("APP-B", 1)])
+    refused_id = next(x["lead_event_id"] for x in published if x["application_id"] == "APP-A")
+    local_crm.fail_next(1, 422)  # the first lead the CRM sees (APP-A's first) is refused
+    report = deliver(pipeline, client(local_crm.url), concurrency=1)
+    assert (report.permanently_failed, report.parked_behind, report.delivered) == (1, 2, 1)
+
+    for name, value in {
+        "KAFKA_BOOTSTRAP_SERVERS": services.kafka_bootstrap_servers,
+        "MONGO_URI": services.mongo_uri,
+        "MONGO_DATABASE": pipeline.mongo.database,
+        "LEAD_TOPIC": pipeline.lead_topic,
+        "LEAD_API_URL": local_crm.url,
+        "LEAD_API_TOKEN": "s3cret-token",
+    }.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("DAGSTER_HOME", raising=False)
+    listed = CliRunner().invoke(main, ["dead-letters", "list", "--reason", "crm_rejected"])
+    assert f"crm:{refused_id}" in listed.output and "HTTP 422" in listed.output
+
+    result = CliRunner().invoke(main, ["dead-letters", "redrive", f"crm:{refused_id}", "--force"])
+    assert result.exit_code == 0, result.output
+    assert "leads delivered: 3" in result.output
+    a_arrived = [
+        x["lead_event_id"] for x in local_crm.state.leads if x["application_id"] == "APP-A"
+    ]
+    assert a_arrived == [x["lead_event_id"] for x in published if x["application_id"] == "APP-A"]
+    assert {d["status"] for d in deliveries_of(pipeline).values()} == {"DELIVERED"}

@@ -143,6 +143,7 @@ def deliver_range(
     plan: RangePlan | None,
     *,
     redrive: bool = False,
+    only_applications: set[str] | None = None,
     budget_s: float = 600.0,
     concurrency: int = 8,
     park_for: timedelta = timedelta(minutes=15),
@@ -150,7 +151,8 @@ def deliver_range(
     run_id: str | None = None,
     checkpoint: Callable[[str], None] = no_checkpoint,
 ) -> DeliveryReport:
-    """Deliver `plan`'s leads (and the parked leads due now, or all open ones on `redrive`)."""
+    """Deliver `plan`'s leads, and the parked leads due now (every parked or failed one on
+    `redrive`, or only those of `only_applications` when given)."""
     deadline = time.monotonic() + budget_s
     now = datetime.now(UTC)
     report = DeliveryReport()
@@ -170,6 +172,8 @@ def deliver_range(
         if known.get(q.lead_event_id, {}).get("status") == DELIVERED
     )
     retry_apps = deliveries.applications_to_retry(now, redrive=redrive)
+    if only_applications is not None:
+        retry_apps &= only_applications
     open_docs = deliveries.open_of({q.application_id for q in fresh} | retry_apps)
     known.update({d["_id"]: d for d in open_docs})
     queues = _queues(fresh, open_docs, known, retry_apps)
