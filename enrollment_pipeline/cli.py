@@ -150,13 +150,54 @@ def stack_install() -> None:
     help="Share of records replaced by bad input (dead-letter material).",
 )
 @click.option("--batch", type=int, default=5000, show_default=True, help="Records per flush.")
-def generate(applications: int, seed: int | None, bad_fraction: float, batch: int) -> None:
-    """Produce realistic synthetic enrollment events to ENROLLMENT_TOPIC."""
+@click.option(
+    "--archive",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Write a Contract-5 archive (one file per day) to this folder instead of Kafka.",
+)
+@click.option("--gzip", "gzipped", is_flag=True, help="With --archive: write .jsonl.gz files.")
+@click.option(
+    "--start",
+    type=click.DateTime(formats=["%Y-%m-%d"]),
+    default="2024-01-03",
+    show_default=True,
+    help="With --archive: the first submission's day.",
+)
+def generate(
+    applications: int,
+    seed: int | None,
+    bad_fraction: float,
+    batch: int,
+    archive: str | None = None,
+    gzipped: bool = False,
+    start=None,
+) -> None:
+    """Produce realistic synthetic enrollment events to ENROLLMENT_TOPIC, or to an archive."""
     from datetime import UTC, datetime, timedelta
 
     from rich.progress import Progress
 
-    from enrollment_pipeline.sample_data import synthetic_events
+    from enrollment_pipeline.sample_data import synthetic_events, write_archive
+
+    if archive:
+        seed = seed if seed is not None else int(time.time())
+        written = write_archive(
+            archive,
+            applications,
+            seed=seed,
+            start=(start or datetime(2024, 1, 3)).replace(tzinfo=UTC),
+            bad_fraction=bad_fraction,
+            gzipped=gzipped,
+        )
+        lines = sum(written.values())
+        console.print(
+            f"wrote {lines} lines in {len(written)} daily files to {archive} "
+            f"({applications} applications, seed {seed}); backfill them with "
+            "`dagster asset materialize --select historic_enrollment_events "
+            f"--partition-range {min(written)}...{max(written)} -m enrollment_pipeline.definitions`"
+        )
+        return
 
     settings, kafka, _ = _pipeline(with_store=False)
     kafka.ensure_topics(
@@ -214,7 +255,9 @@ def demo(applications: int, port: int) -> None:
     shutil.copy(project / "dagster.yaml", dagster_home / "dagster.yaml")
     os.environ["DAGSTER_HOME"] = str(dagster_home)
 
-    generate.callback(applications=applications, seed=None, bad_fraction=0.01, batch=5000)
+    generate.callback(
+        applications=applications, seed=None, bad_fraction=0.01, batch=5000, archive=None
+    )
 
     console.print(
         f"Dagster UI on http://127.0.0.1:{port} (the sensor ingests every 15 s); "

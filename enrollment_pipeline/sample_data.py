@@ -34,6 +34,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 __all__ = [
@@ -623,3 +624,35 @@ def _email(rng: random.Random, first: str, last: str) -> str:
 def _phone(rng: random.Random) -> str:
     # 555-0100..0199 are the numbers reserved for fiction.
     return f"+1{rng.choice(_AREA_CODES)}555{rng.randint(100, 199):04d}"
+
+
+def write_archive(
+    folder: str | Path,
+    applications: int,
+    *,
+    seed: int,
+    start: datetime,
+    bad_fraction: float = 0.01,
+    gzipped: bool = False,
+    mean_gap: timedelta = timedelta(hours=2),
+) -> dict[str, int]:
+    """A Contract-5 archive of the same realistic history: `{day}.jsonl[.gz]` per day of
+    `occurred_at` (UTC), bad lines included (a bad record goes to its clean event's day).
+    Days without events get no file. Returns the lines written per day."""
+    import gzip
+
+    root = Path(folder)
+    root.mkdir(parents=True, exist_ok=True)
+    by_day: dict[str, list[bytes]] = {}
+    for record in synthetic_records(
+        applications, seed=seed, start=start, bad_fraction=bad_fraction, mean_gap=mean_gap
+    ):
+        day = str(record.event["occurred_at"])[:10]
+        by_day.setdefault(day, []).append(record.value.replace(b"\n", b" "))
+    for day, lines in by_day.items():
+        data = b"\n".join(lines) + b"\n"
+        if gzipped:
+            (root / f"{day}.jsonl.gz").write_bytes(gzip.compress(data))
+        else:
+            (root / f"{day}.jsonl").write_bytes(data)
+    return {day: len(lines) for day, lines in sorted(by_day.items())}

@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
+from typing import BinaryIO
 
 from botocore.exceptions import ClientError
 from dagster_aws.utils import ResourceWithBoto3Configuration
@@ -75,24 +76,48 @@ class ArchiveResource(ResourceWithBoto3Configuration):
             found.append(name)
         return found
 
-    def read_bytes(self, name: str) -> bytes:
+    def open(self, name: str) -> BinaryIO:
+        """The file as a stream: read in chunks, never loaded whole (a day may be 1 GB)."""
         if not self.is_s3:
-            return (Path(self.root) / name).read_bytes()
+            return (Path(self.root) / name).open("rb")
         bucket, prefix = self._bucket_prefix()
         key = f"{prefix}/{name}" if prefix else name
-        return self._s3().get_object(Bucket=bucket, Key=key)["Body"].read()
+        body = self._s3().get_object(Bucket=bucket, Key=key)["Body"]
+        return io.BufferedReader(_Readable(body), buffer_size=1 << 20)
 
     def lines(self, name: str) -> Iterator[ArchiveLine]:
-        """The file's non-empty lines; a corrupt gzip tail raises after the good lines."""
-        data = self.read_bytes(name)
+        """The file's non-empty lines, streamed; a corrupt gzip tail raises after the good
+        lines (memory stays at one buffer and one line, whatever the file's size)."""
         number = 0
-        stream: io.BufferedIOBase = (
-            gzip.GzipFile(fileobj=io.BytesIO(data)) if name.endswith(".gz") else io.BytesIO(data)
-        )
-        try:
-            for number, raw in enumerate(stream, start=1):
-                stripped = raw.rstrip(b"\r\n")
-                if stripped.strip():
-                    yield ArchiveLine(name, number, stripped)
-        except (EOFError, OSError, zlib.error) as exc:
-            raise ArchiveTailError(name, number + 1, f"{type(exc).__name__}: {exc}") from exc
+        with self.open(name) as raw_stream:
+            stream: BinaryIO = (
+                gzip.GzipFile(fileobj=raw_stream)  # type: ignore[assignment]
+                if name.endswith(".gz")
+                else raw_stream
+            )
+            try:
+                for number, raw in enumerate(stream, start=1):
+                    stripped = raw.rstrip(b"\r\n")
+                    if stripped.strip():
+                        yield ArchiveLine(name, number, stripped)
+            except (EOFError, OSError, zlib.error) as exc:
+                raise ArchiveTailError(name, number + 1, f"{type(exc).__name__}: {exc}") from exc
+
+
+class _Readable(io.RawIOBase):
+    """An S3 body as a raw stream, so gzip and line buffering read it chunk by chunk."""
+
+    def __init__(self, body) -> None:
+        self.body = body
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        chunk = self.body.read(len(buffer))
+        buffer[: len(chunk)] = chunk
+        return len(chunk)
+
+    def close(self) -> None:
+        self.body.close()
+        super().close()

@@ -62,7 +62,7 @@ def broker_followup_emails(
             policy=settings.followup_policy(),
             max_per_second=settings.email_max_per_second,
             ops_email=settings.ops_email,
-            run_id=context.run_id,
+            run_id=context.run.run_id,
         )
         metadata = run_metadata(report, store, as_of=as_of)
     context.log.info(

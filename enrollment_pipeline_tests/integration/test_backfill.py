@@ -1,0 +1,186 @@
+"""Backfills from a folder and from S3 (moto's server), and the read-model rebuild, on the real
+services; the oracle is the pure fold of the events, as for ingestion."""
+
+from __future__ import annotations
+
+import gzip
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+
+import boto3
+import dagster as dg
+import pytest
+
+from enrollment_pipeline.defs.archive.resources import ArchiveResource
+from enrollment_pipeline.defs.email.resources import SmtpEmailSender
+from enrollment_pipeline.defs.followups.assets import FollowupRunConfig, broker_followup_emails
+from enrollment_pipeline.defs.history.assets import (
+    HISTORIC_EVENTS,
+    historic_enrollment_events_asset,
+)
+from enrollment_pipeline.defs.mongo.resources import APPLICATIONS, BROKER_FOLLOWUPS
+from enrollment_pipeline.defs.pipeline_settings import PipelineSettingsResource
+from enrollment_pipeline.domain.events import EnrollmentEvent, parse_archive_line
+from enrollment_pipeline.lib.backfill import backfill_days, rebuild_read_model
+from enrollment_pipeline.sample_data import synthetic_records, write_archive
+from enrollment_pipeline_tests.pipeline import Pipeline, assert_read_model_is_the_fold
+
+pytestmark = pytest.mark.integration
+
+START = datetime(2024, 3, 1, tzinfo=UTC)
+FIRST_DAY = START.date()
+
+
+def days(first: date, count: int) -> list[date]:
+    return [first + timedelta(days=n) for n in range(count)]
+
+
+def archived_records(root: Path, covered: list[date]) -> list[tuple[bytes, bytes]]:
+    """The valid events of the archive's files for `covered`, as (key, value) records."""
+    records = []
+    for day in covered:
+        for path in sorted(root.glob(f"{day.isoformat()}.jsonl*")):
+            data = path.read_bytes()
+            data = gzip.decompress(data) if path.suffix == ".gz" else data
+            for line in data.splitlines():
+                event = parse_archive_line(line)
+                if isinstance(event, EnrollmentEvent):
+                    records.append((event.application_id.encode(), line))
+    return records
+
+
+def read_model(pipeline: Pipeline) -> tuple[dict, dict]:
+    return pipeline.applications(), pipeline.followups()
+
+
+def test_backfilling_30_days_twice_leaves_the_read_model_as_one_pass(
+    pipeline: Pipeline, tmp_path: Path
+):
+    written = write_archive(tmp_path, 80, seed=3, start=START, bad_fraction=0.02)
+    covered = days(FIRST_DAY - timedelta(days=2), 30)  # two days before any file: empty
+    archive = ArchiveResource(root=str(tmp_path))
+
+    first = backfill_days(archive, pipeline.store, covered, chunk_lines=100)
+    assert first.days == 30 and first.files == len(
+        [d for d in written if d <= covered[-1].isoformat()]
+    )
+    assert first.events_new > 0 and first.dead_lettered > 0
+    once = read_model(pipeline)
+    assert_read_model_is_the_fold(pipeline, archived_records(tmp_path, covered), in_order=False)
+    assert pipeline.leads() == []  # a backfill publishes no lead unless asked
+
+    second = backfill_days(archive, pipeline.store, covered, chunk_lines=70)
+    assert (second.events_new, second.duplicates) == (0, first.events_new + first.duplicates)
+    assert read_model(pipeline) == once
+
+
+@pytest.mark.parametrize("archive_first", [True, False], ids=["archive-first", "kafka-first"])
+def test_days_that_also_came_through_kafka_fold_as_one_union(
+    pipeline: Pipeline, tmp_path: Path, archive_first: bool
+):
+    records = list(synthetic_records(60, seed=11, start=START, mean_gap=timedelta(hours=6)))
+    write_archive(tmp_path, 60, seed=11, start=START, bad_fraction=0.0, mean_gap=timedelta(hours=6))
+    covered = sorted(
+        {datetime.fromisoformat(str(r.event["occurred_at"])[:10]).date() for r in records}
+    )
+    live = [(r.key, r.value) for r in records[len(records) // 3 :]]  # Kafka has the later 2/3
+    archive = ArchiveResource(root=str(tmp_path))
+
+    if archive_first:
+        backfill_days(archive, pipeline.store, covered[: len(covered) // 2])
+    pipeline.produce(live)
+    pipeline.ingest()
+    backfill_days(archive, pipeline.store, covered)
+
+    union = [(r.key, r.value) for r in records]
+    assert_read_model_is_the_fold(pipeline, union, in_order=False)
+
+
+def test_a_corrupt_gzip_tail_and_bad_lines_are_dead_lettered_and_the_day_succeeds(
+    pipeline: Pipeline, tmp_path: Path
+):
+    good = [r.value for r in synthetic_records(40, seed=5, start=START)]
+    day = "2024-03-01"
+    body = b"\n".join(good[:30]) + b"\n"
+    (tmp_path / f"{day}.jsonl.gz").write_bytes(gzip.compress(body)[:-40])  # tail cut
+    (tmp_path / f"{day}.jsonl").write_bytes(b'{"not": "an event"}\n' + good[30] + b"\nnope\n")
+
+    report = backfill_days(ArchiveResource(root=str(tmp_path)), pipeline.store, [FIRST_DAY])
+
+    letters = pipeline.dead_letters()
+    assert f"archive:{day}.jsonl:1" in letters and f"archive:{day}.jsonl:3" in letters
+    tail = [letter for i, letter in letters.items() if i.startswith(f"archive:{day}.jsonl.gz:")]
+    assert len(tail) == 1 and tail[0]["reason"] == "archive_unreadable"
+    assert report.dead_lettered == 3
+    assert report.events_new == report.lines_read - 2 >= 25  # the lines before the tail
+
+
+def test_a_range_of_days_is_one_run_of_the_asset_from_s3(
+    pipeline: Pipeline, tmp_path: Path, moto_endpoint, aws_credentials
+):
+    written = write_archive(tmp_path, 30, seed=9, start=START, gzipped=True)
+    s3 = boto3.client("s3", region_name="us-east-1", endpoint_url=moto_endpoint)
+    s3.create_bucket(Bucket="history")
+    for path in tmp_path.iterdir():
+        s3.upload_file(str(path), "history", f"enrollment/{path.name}")
+    archive = ArchiveResource(
+        root="s3://history/enrollment", region_name="us-east-1", endpoint_url=moto_endpoint
+    )
+    first, last = min(written), sorted(written)[6]
+    partitions = dg.DailyPartitionsDefinition(start_date="2024-01-01", timezone="UTC")
+    asset = historic_enrollment_events_asset(partitions)
+    job = dg.Definitions(
+        assets=[asset],
+        jobs=[dg.define_asset_job("backfill", selection=[HISTORIC_EVENTS])],
+        resources={**pipeline.resources(), "archive": archive},
+    ).resolve_job_def("backfill")
+    result = job.execute_in_process(
+        tags={
+            "dagster/asset_partition_range_start": first,
+            "dagster/asset_partition_range_end": last,
+        }
+    )
+    assert result.success
+    (materialization, *_) = result.asset_materializations_for_node("historic_enrollment_events")
+    metadata = {k: v.value for k, v in materialization.metadata.items()}
+    span = (date.fromisoformat(last) - date.fromisoformat(first)).days + 1
+    covered = days(date.fromisoformat(first), span)
+    with_files = [d for d in covered if d.isoformat() in written]
+    assert (metadata["days"], metadata["files"]) == (span, len(with_files))
+    assert span > len(with_files)  # a day without a file is an empty partition, not a failure
+    assert metadata["lines_read"] == sum(written[d.isoformat()] for d in with_files)
+    assert_read_model_is_the_fold(pipeline, archived_records(tmp_path, covered), in_order=False)
+
+
+def test_rebuild_after_losing_applications_keeps_the_email_history(
+    pipeline: Pipeline, tmp_path: Path, smtp_server
+):
+    inbox, port = smtp_server
+    records = list(synthetic_records(50, seed=2, start=START))
+    pipeline.produce([(r.key, r.value) for r in records])
+    pipeline.ingest()
+    sender = SmtpEmailSender(host="127.0.0.1", port=port, sender="f@example.com", timeout_s=5)
+    as_of = START + timedelta(days=3)
+    sent = dg.materialize(
+        [broker_followup_emails],
+        run_config=dg.RunConfig(
+            ops={"broker_followup_emails": FollowupRunConfig(as_of=as_of.isoformat())}
+        ),
+        resources={
+            "mongo": pipeline.mongo,
+            "email": sender,
+            "settings": PipelineSettingsResource(followup_max_age_days=10_000),
+        },
+    )
+    assert sent.success and inbox.messages
+    before_apps, before_followups = read_model(pipeline)
+    assert any(f.get("retry_count") for f in before_followups.values())
+
+    pipeline.mongo.db()[APPLICATIONS].delete_many({})
+    report = rebuild_read_model(pipeline.store, page_size=7)
+
+    assert report.documents_created == len(before_apps)
+    assert read_model(pipeline) == (before_apps, before_followups)
+    again = rebuild_read_model(pipeline.store)
+    assert (again.documents_created, again.documents_changed, again.followups_written) == (0, 0, 0)
+    assert pipeline.mongo.db()[BROKER_FOLLOWUPS].count_documents({}) == len(before_followups)
