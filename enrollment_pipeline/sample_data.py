@@ -638,21 +638,31 @@ def write_archive(
 ) -> dict[str, int]:
     """A Contract-5 archive of the same realistic history: `{day}.jsonl[.gz]` per day of
     `occurred_at` (UTC), bad lines included (a bad record goes to its clean event's day).
-    Days without events get no file. Returns the lines written per day."""
+    Days without events get no file. Streams day by day (memory stays flat at any size).
+    Returns the lines written per day."""
     import gzip
 
     root = Path(folder)
     root.mkdir(parents=True, exist_ok=True)
-    by_day: dict[str, list[bytes]] = {}
-    for record in synthetic_records(
-        applications, seed=seed, start=start, bad_fraction=bad_fraction, mean_gap=mean_gap
-    ):
-        day = str(record.event["occurred_at"])[:10]
-        by_day.setdefault(day, []).append(record.value.replace(b"\n", b" "))
-    for day, lines in by_day.items():
-        data = b"\n".join(lines) + b"\n"
-        if gzipped:
-            (root / f"{day}.jsonl.gz").write_bytes(gzip.compress(data))
-        else:
-            (root / f"{day}.jsonl").write_bytes(data)
-    return {day: len(lines) for day, lines in sorted(by_day.items())}
+    counts: dict[str, int] = {}
+    day, out = None, None
+    try:
+        for record in synthetic_records(
+            applications, seed=seed, start=start, bad_fraction=bad_fraction, mean_gap=mean_gap
+        ):
+            record_day = str(record.event["occurred_at"])[:10]
+            if record_day != day:
+                if out is not None:
+                    out.close()
+                day = record_day
+                suffix = ".jsonl.gz" if gzipped else ".jsonl"
+                path = root / f"{day}{suffix}"
+                # A day met again (rare) appends lines, or a gzip member, to its file.
+                mode = "ab" if day in counts else "wb"
+                out = gzip.open(path, mode) if gzipped else path.open(mode)  # noqa: SIM115
+            out.write(record.value.replace(b"\n", b" ") + b"\n")
+            counts[record_day] = counts.get(record_day, 0) + 1
+    finally:
+        if out is not None:
+            out.close()
+    return dict(sorted(counts.items()))

@@ -184,3 +184,22 @@ def test_rebuild_after_losing_applications_keeps_the_email_history(
     again = rebuild_read_model(pipeline.store)
     assert (again.documents_created, again.documents_changed, again.followups_written) == (0, 0, 0)
     assert pipeline.mongo.db()[BROKER_FOLLOWUPS].count_documents({}) == len(before_followups)
+
+
+def test_publish_leads_true_publishes_the_leads_of_the_archived_events(
+    pipeline: Pipeline, tmp_path: Path
+):
+    written = write_archive(tmp_path, 30, seed=6, start=START, bad_fraction=0.0)
+    covered = [date.fromisoformat(day) for day in written]
+    publish = lambda messages: pipeline.kafka.produce_batch(pipeline.lead_topic, messages)  # noqa: E731
+
+    report = backfill_days(
+        ArchiveResource(root=str(tmp_path)), pipeline.store, covered, publish_leads=publish
+    )
+
+    assert report.leads_published > 0
+    assert_read_model_is_the_fold(pipeline, archived_records(tmp_path, covered), in_order=True)
+    again = backfill_days(
+        ArchiveResource(root=str(tmp_path)), pipeline.store, covered, publish_leads=publish
+    )
+    assert again.leads_published == 0  # a replay publishes no lead twice

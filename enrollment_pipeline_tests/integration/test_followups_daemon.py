@@ -7,27 +7,20 @@ GraphQL. Real processes, real SMTP server, real MongoDB-wire server.
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import pytest
-import requests
 
 from enrollment_pipeline.domain.events import EnrollmentEvent
 from enrollment_pipeline.lib.ingestion.batch import Source, apply_parsed
 from enrollment_pipeline.lib.mongo.store import EnrollmentStore
 from enrollment_pipeline_tests import factories as f
-from enrollment_pipeline_tests.conftest import free_ports
+from enrollment_pipeline_tests.dagster_dev import dagster_dev
 
 pytestmark = pytest.mark.integration
 
-DAGSTER = Path(sys.executable).parent / "dagster"
 
 ASSET_METADATA = """
 query {
@@ -39,18 +32,6 @@ query {
     }
   }
 }"""
-
-
-def graphql(port: int, query: str, variables: dict | None = None) -> dict:
-    response = requests.post(
-        f"http://127.0.0.1:{port}/graphql",
-        json={"query": query, "variables": variables or {}},
-        timeout=30,
-    )
-    response.raise_for_status()
-    body = response.json()
-    assert "errors" not in body, body
-    return body["data"]
 
 
 def test_the_daemon_ticks_the_schedule_and_the_metadata_reads_back(
@@ -70,48 +51,23 @@ def test_the_daemon_ticks_the_schedule_and_the_metadata_reads_back(
         ],
         publish_leads=None,
     )
-    (port,) = free_ports(1)
     env = {
-        **os.environ,
-        "DAGSTER_HOME": str(tmp_path),
         "KAFKA_BOOTSTRAP_SERVERS": services.kafka_bootstrap_servers,
         "ENROLLMENT_TOPIC": f"daemon-{uuid.uuid4().hex[:8]}",  # no events: the sensor skips
+        "LEAD_TOPIC": f"daemon-leads-{uuid.uuid4().hex[:8]}",
         "MONGO_URI": services.mongo_uri,
         "MONGO_DATABASE": mongo.database,
         "SMTP_HOST": "127.0.0.1",
         "SMTP_PORT": str(smtp_port),
         "FOLLOWUP_SCHEDULE_CRON": "* * * * *",
     }
-    log = tmp_path / "dagster.log"
-    dagster = subprocess.Popen(
-        [str(DAGSTER), "dev", "-m", "enrollment_pipeline.definitions", "-p", str(port)],
-        env=env,
-        cwd=tmp_path,
-        start_new_session=True,
-        stdout=log.open("w"),
-        stderr=subprocess.STDOUT,
-    )
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert dagster.poll() is None, log.read_text()[-3000:]
-            assert time.monotonic() < deadline, "no UI: " + log.read_text()[-3000:]
-            try:
-                if requests.get(f"http://127.0.0.1:{port}/server_info", timeout=2).ok:
-                    break
-            except requests.ConnectionError:
-                pass
-            time.sleep(1)
-        (location,) = graphql(
-            port, "query { workspaceOrError { ... on Workspace { locationEntries { name } } } }"
-        )["workspaceOrError"]["locationEntries"]
-        started = graphql(
-            port,
+    with dagster_dev(env, tmp_path) as dev:
+        started = dev.graphql(
             """mutation($s: ScheduleSelector!) { startSchedule(scheduleSelector: $s) {
                  __typename ... on ScheduleStateResult { scheduleState { status } } } }""",
             {
                 "s": {
-                    "repositoryLocationName": location["name"],
+                    "repositoryLocationName": dev.location_name(),
                     "repositoryName": "__repository__",
                     "scheduleName": "hourly_broker_followups",
                 }
@@ -122,8 +78,8 @@ def test_the_daemon_ticks_the_schedule_and_the_metadata_reads_back(
         deadline = time.monotonic() + 180
         metadata: dict = {}
         while time.monotonic() < deadline and not metadata:
-            assert dagster.poll() is None, log.read_text()[-3000:]
-            materializations = graphql(port, ASSET_METADATA)["assetOrError"].get(
+            dev.assert_alive()
+            materializations = dev.graphql(ASSET_METADATA)["assetOrError"].get(
                 "assetMaterializations", []
             )
             if materializations:
@@ -131,15 +87,8 @@ def test_the_daemon_ticks_the_schedule_and_the_metadata_reads_back(
                     e["label"]: e.get("intValue") for e in materializations[0]["metadataEntries"]
                 }
             time.sleep(3)
-        assert metadata, "no follow-up run materialized: " + log.read_text()[-3000:]
+        assert metadata, "no follow-up run materialized: " + dev.log_tail()
         assert (metadata["due"], metadata["sent"], metadata["failed"]) == (2, 2, 0)
         assert (
             sorted(r for _, rcpts, _ in inbox.messages for r in rcpts) == [f.BROKER_A["email"]] * 2
         )
-    finally:
-        os.killpg(dagster.pid, signal.SIGTERM)
-        try:
-            dagster.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(dagster.pid, signal.SIGKILL)
-            dagster.wait(timeout=10)

@@ -13,12 +13,22 @@ from enrollment_pipeline.settings import PipelineSettings
 def test_definitions_load_with_every_resource():
     loaded = defs()
     assert isinstance(loaded, dg.Definitions)
-    assert set(loaded.resources or {}) >= {"kafka", "mongo", "email", "archive", "crm"}
+    assert set(loaded.resources or {}) >= {"kafka", "mongo", "email", "archive", "crm", "settings"}
     repository = loaded.get_repository_def()
-    assert repository.has_job("ingest_enrollment_events")  # Contract 6 names
+    for job in (  # Contract 6 names
+        "ingest_enrollment_events",
+        "send_broker_followups",
+        "deliver_leads",
+        "backfill_enrollment_history",
+        "rebuild_read_model",
+    ):
+        assert repository.has_job(job), job
     assert repository.has_sensor_def("enrollment_events_sensor")
-    assert repository.has_job("send_broker_followups")
+    assert repository.has_sensor_def("lead_events_sensor")
     assert repository.has_schedule_def("hourly_broker_followups")
+    backfill = loaded.resolve_assets_def("historic_enrollment_events")
+    assert backfill.backfill_policy == dg.BackfillPolicy.single_run()
+    assert backfill.partitions_def.get_first_partition_key() == "2024-01-01"  # ARCHIVE_START_DATE
     assert loaded.resolve_assets_def("broker_followup_emails").dependency_keys == {
         dg.AssetKey("broker_followups")
     }
