@@ -252,7 +252,7 @@ def demo(applications: int, port: int) -> None:
     project = Path(__file__).resolve().parent.parent
     dagster_home = local.settings.state_dir / "dagster_home"
     dagster_home.mkdir(parents=True, exist_ok=True)
-    shutil.copy(project / "dagster.yaml", dagster_home / "dagster.yaml")
+    shutil.copy(project / "deploy" / "dagster.yaml", dagster_home / "dagster.yaml")
     os.environ["DAGSTER_HOME"] = str(dagster_home)
 
     generate.callback(

@@ -24,9 +24,12 @@ ENROLLMENT_GROUPS = (READ_MODEL_GROUP, BROKER_EMAIL_GROUP, LEAD_PRODUCER_GROUP)
 
 
 class PipelineSettings(BaseSettings):
-    """The Contract-6 variables; field names are the variable names in lower case."""
+    """The Contract-6 variables; field names are the variable names in lower case. An empty
+    variable counts as unset (compose files list every variable, most of them empty)."""
 
-    model_config = SettingsConfigDict(env_prefix="", case_sensitive=False, extra="ignore")
+    model_config = SettingsConfigDict(
+        env_prefix="", case_sensitive=False, extra="ignore", env_ignore_empty=True
+    )
 
     kafka_bootstrap_servers: str = "127.0.0.1:9092"
     kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"

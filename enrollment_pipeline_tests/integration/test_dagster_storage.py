@@ -1,4 +1,4 @@
-"""The production-like dagster.yaml: run history in the stack's PostgreSQL."""
+"""The production profile (deploy/dagster.yaml): run history in the stack's PostgreSQL."""
 
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ def hello_job():
 
 def test_runs_are_stored_in_postgres(services, tmp_path, monkeypatch):
     assert services.dagster_pg_url, "set TEST_DAGSTER_PG_URL when using external services"
-    shutil.copy(REPO / "dagster.yaml", tmp_path / "dagster.yaml")
+    shutil.copy(REPO / "deploy" / "dagster.yaml", tmp_path / "dagster.yaml")
     monkeypatch.setenv("DAGSTER_HOME", str(tmp_path))
     monkeypatch.setenv("DAGSTER_PG_URL", services.dagster_pg_url)
     with dg.DagsterInstance.get() as instance:
