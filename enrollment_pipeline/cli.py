@@ -60,10 +60,12 @@ def main() -> None:
 
 @main.group()
 def stack() -> None:
-    """The local services (Kafka, MongoDB wire server, PostgreSQL, SMTP) without Docker.
+    """The local services (Kafka, MongoDB wire server, PostgreSQL, SMTP sink, CRM test double)
+    without Docker.
 
     Settings: STACK_STATE_DIR, STACK_CACHE_DIR, STACK_KAFKA_PORT, STACK_MONGO_PORT,
-    STACK_POSTGRES_PORT, STACK_SMTP_PORT, STACK_MONGO_ENGINE (auto|mongod|ferretdb).
+    STACK_POSTGRES_PORT, STACK_SMTP_PORT, STACK_CRM_PORT, STACK_MONGO_ENGINE
+    (auto|mongod|ferretdb).
     """
 
 
@@ -127,6 +129,66 @@ def stack_env() -> None:
     """Print KEY=VALUE lines for the running stack: `export $(enrollment-pipeline stack env)`."""
     for key, value in _stack().env().items():
         click.echo(f"{key}={shlex.quote(value)}")
+
+
+@stack.command("mail")
+@click.option("--limit", type=int, default=20, show_default=True)
+def stack_mail(limit: int) -> None:
+    """The emails the local SMTP sink caught, newest first (files in {state}/mail/new)."""
+    from email.parser import BytesHeaderParser
+    from email.utils import parsedate_to_datetime
+
+    folder = _stack().smtp.maildir / "new"
+    messages = []
+    for path in folder.glob("*") if folder.is_dir() else []:
+        with path.open("rb") as handle:
+            headers = BytesHeaderParser().parse(handle)
+        try:
+            sent = parsedate_to_datetime(headers.get("Date", ""))
+        except (TypeError, ValueError):
+            sent = None
+        messages.append((sent.timestamp() if sent else 0.0, headers, path))
+    messages.sort(key=lambda item: item[0], reverse=True)
+    console.print(f"{len(messages)} emails in {folder}")
+    _print_table(
+        "date",
+        "to",
+        "subject",
+        "file",
+        rows=[
+            (headers.get("Date", ""), headers.get("To", ""), headers.get("Subject", ""), path.name)
+            for _, headers, path in messages[:limit]
+        ],
+    )
+
+
+@stack.command("leads")
+@click.option("--limit", type=int, default=20, show_default=True)
+def stack_leads(limit: int) -> None:
+    """The leads the local CRM test double took, newest first."""
+    import requests
+
+    url = _stack().crm.url
+    try:
+        body = requests.get(f"{url}/leads", timeout=5).json()
+    except requests.RequestException as exc:
+        raise click.ClickException(f"the local CRM at {url} did not answer: {exc}") from exc
+    console.print(f"{body['count']} leads at {url} (test double)")
+    _print_table(
+        "application",
+        "status",
+        "occurred at",
+        "lead_event_id",
+        rows=[
+            (
+                lead["application_id"],
+                lead["lead_status"],
+                lead["occurred_at"],
+                lead["lead_event_id"],
+            )
+            for lead in reversed(body["leads"][-limit:])
+        ],
+    )
 
 
 @stack.command("install")
@@ -231,68 +293,67 @@ def generate(
 
 
 @main.command()
-@click.option("--applications", type=int, default=500, show_default=True)
+@click.option(
+    "--applications", type=int, default=300, show_default=True, help="Records produced at once."
+)
+@click.option("--rate", type=float, default=2.0, show_default=True, help="Then records/second.")
 @click.option("--port", type=int, default=3000, show_default=True, help="Dagster UI port.")
-def demo(applications: int, port: int) -> None:
-    """Stack up, topics created, sample events produced, `dagster dev` serving the UI."""
-    import os
-    import shutil
+def demo(applications: int, rate: float, port: int) -> None:
+    """The whole pipeline on the local stack: events flowing, the UI, emails and leads.
+
+    Ctrl-C (or SIGTERM) stops everything the demo started, and says so.
+    """
     import signal
-    import subprocess
-    from pathlib import Path
+
+    from enrollment_pipeline.demo import Demo
 
     local = _stack()
-    console.print(f"Starting the local stack (state in {local.settings.state_dir})")
-    try:
-        local.up(lambda name, seconds: console.print(f"  [green]✓[/] {name:<9} {seconds:6.1f} s"))
-    except ServiceError as exc:
-        console.print(f"[red]✗ {exc}[/]")
-        sys.exit(1)
-    os.environ.update(local.env())
-    project = Path(__file__).resolve().parent.parent
-    dagster_home = local.settings.state_dir / "dagster_home"
-    dagster_home.mkdir(parents=True, exist_ok=True)
-    shutil.copy(project / "deploy" / "dagster.yaml", dagster_home / "dagster.yaml")
-    os.environ["DAGSTER_HOME"] = str(dagster_home)
+    demo = Demo(local, port, console.print)
 
-    generate.callback(
-        applications=applications, seed=None, bad_fraction=0.01, batch=5000, archive=None
-    )
-
-    console.print(
-        f"Dagster UI on http://127.0.0.1:{port} (the sensor ingests every 15 s); "
-        "Ctrl-C stops the UI, `enrollment-pipeline stack down` the services."
-    )
-    dagster = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "dagster",
-            "dev",
-            "-w",
-            str(project / "workspace.yaml"),
-            "-h",
-            "127.0.0.1",
-            "-p",
-            str(port),
-        ],
-        cwd=project,
-        start_new_session=True,
-    )
-
-    # Ctrl-C or a SIGTERM (a supervisor, `timeout`) stops the whole `dagster dev` group.
     def interrupt(signum, frame):
         raise KeyboardInterrupt
 
+    # Also when started in the background by a script, which leaves SIGINT ignored.
+    signal.signal(signal.SIGINT, interrupt)
     signal.signal(signal.SIGTERM, interrupt)
     try:
-        dagster.wait()
+        console.print(f"Starting the local stack (state in {local.settings.state_dir})")
+        try:
+            demo.start_stack(
+                lambda name, seconds: console.print(f"  [green]✓[/] {name:<9} {seconds:6.1f} s")
+            )
+        except ServiceError as exc:
+            console.print(f"[red]✗ {exc}[/]")
+            sys.exit(1)
+        demo.start_trickle(applications, rate)
+        console.print(f"Producing events: {applications} now, then {rate:g} a second")
+        demo.start_dagster()
+        demo.wait_for_ui()
+        console.print(f"[bold]Dagster UI: http://127.0.0.1:{port}[/] (sensors run every 15 s)")
+        console.print(f"  dagster dev logs: {demo.dagster_log}")
+        console.print(f"  hourly_broker_followups: {demo.start_schedule()}")
+        if demo.wait_for_applications():
+            console.print(f"  follow-up run launched now: {demo.launch_followups()}")
+        crm = local.crm.url
+        console.print(
+            f"  emails: enrollment-pipeline stack mail   leads: enrollment-pipeline stack leads "
+            f"(or {crm}/leads)\nCtrl-C stops the demo."
+        )
+        while demo.dagster is not None and demo.dagster.poll() is None:
+            time.sleep(1)
+            if demo.trickle is not None and demo.trickle.error is not None:
+                console.print(f"[red]the event trickle stopped: {demo.trickle.error}[/]")
+                demo.trickle.error = None
+        console.print("[red]dagster dev exited[/]")
     except KeyboardInterrupt:
         pass
+    except RuntimeError as exc:
+        console.print(f"[red]✗ {exc}[/]")
     finally:
-        if dagster.poll() is None:
-            os.killpg(dagster.pid, signal.SIGTERM)
-            dagster.wait(timeout=60)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the cleanup
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        stopped = demo.stop()
+        console.print("Stopped: " + (", ".join(stopped) if stopped else "nothing"))
 
 
 def _pipeline(with_store: bool = True):

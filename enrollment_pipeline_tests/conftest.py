@@ -27,6 +27,7 @@ from pytest_httpserver import HTTPServer
 from enrollment_pipeline.defs.kafka.resources import KafkaResource
 from enrollment_pipeline.defs.mongo.resources import MongoResource
 from enrollment_pipeline.settings import PipelineSettings, StackSettings
+from enrollment_pipeline.stack.crm import LocalCrm
 from enrollment_pipeline.stack.local import LocalStack
 from enrollment_pipeline.stack.mongo import MongoWire
 from enrollment_pipeline_tests.pipeline import Pipeline
@@ -167,6 +168,14 @@ def threaded_httpserver() -> Iterator[HTTPServer]:
     yield server
     server.clear()
     server.stop()
+
+
+@pytest.fixture
+def local_crm() -> Iterator[LocalCrm]:
+    (port,) = free_ports(1)
+    crm = LocalCrm("127.0.0.1", port, token="s3cret-token").start()  # a real HTTP server
+    yield crm
+    crm.stop()
 
 
 @pytest.fixture

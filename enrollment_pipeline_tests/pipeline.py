@@ -24,6 +24,7 @@ from enrollment_pipeline.domain.offset_ranges import PartitionRange, RangePlan
 from enrollment_pipeline.domain.projection import fold_application
 from enrollment_pipeline.lib.ingestion.run import IngestResult, ingest_range
 from enrollment_pipeline.lib.mongo.store import EnrollmentStore
+from enrollment_pipeline_tests.jobs import run_job
 
 
 class Pipeline:
@@ -143,7 +144,8 @@ def drain(instance: dg.DagsterInstance, pipeline: Pipeline, **settings) -> list[
         if isinstance(result, dg.SkipReason):
             return runs
         for request in result.run_requests:
-            outcome = ingest_enrollment_events.execute_in_process(
+            outcome = run_job(
+                ingest_enrollment_events,
                 run_config=request.run_config,
                 resources=resources,
                 instance=instance,

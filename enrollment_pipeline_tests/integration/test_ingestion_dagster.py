@@ -16,6 +16,7 @@ from enrollment_pipeline.defs.pipeline_settings import PipelineSettingsResource
 from enrollment_pipeline.lib.mongo.store import EnrollmentStore
 from enrollment_pipeline.settings import ENROLLMENT_GROUPS
 from enrollment_pipeline_tests import factories as f
+from enrollment_pipeline_tests.jobs import resolve, run_job
 
 pytestmark = pytest.mark.integration
 
@@ -39,7 +40,8 @@ def tick(instance, kafka, mongo, settings) -> dg.SensorResult | dg.SkipReason:
 
 
 def run(instance, kafka, mongo, settings, request: dg.RunRequest) -> dg.ExecuteInProcessResult:
-    return ingest_enrollment_events.execute_in_process(
+    return run_job(
+        ingest_enrollment_events,
         run_config=request.run_config,
         resources={"kafka": kafka, "mongo": mongo, "settings": settings},
         instance=instance,
@@ -110,7 +112,9 @@ def test_partitions_of_a_run_in_flight_are_not_requested(settings, instance, kaf
 
     def in_flight(range_topic: str, partitions: str) -> None:
         instance.create_run_for_job(
-            ingest_enrollment_events,
+            resolve(
+                ingest_enrollment_events, {"kafka": kafka, "mongo": mongo, "settings": settings}
+            ),
             run_config={"ops": {"ingest_offset_range": {"config": {"topic": topic, "ranges": []}}}},
             status=dg.DagsterRunStatus.STARTED,
             tags={RANGE_TAG: f"{range_topic}:0@0", PARTITIONS_TAG: partitions},

@@ -11,7 +11,6 @@ import json
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Iterator
 
 import dagster as dg
 import pytest
@@ -30,20 +29,12 @@ from enrollment_pipeline.sample_data import synthetic_events
 from enrollment_pipeline.settings import LEAD_INTEGRATION_GROUP
 from enrollment_pipeline.stack.crm import LocalCrm
 from enrollment_pipeline_tests import factories as f
-from enrollment_pipeline_tests.conftest import free_ports
+from enrollment_pipeline_tests.jobs import run_job
 from enrollment_pipeline_tests.pipeline import Pipeline, expected_state
 
 pytestmark = pytest.mark.integration
 
 CONTACT_VALUES = ("Jane", "Doe", "jane.doe@example.com", "+1-555-0100")
-
-
-@pytest.fixture
-def local_crm() -> Iterator[LocalCrm]:
-    (port,) = free_ports(1)
-    crm = LocalCrm("127.0.0.1", port, token="s3cret-token").start()
-    yield crm
-    crm.stop()
 
 
 def client(url: str, **kwargs) -> CrmClient:
@@ -122,7 +113,8 @@ def test_every_consenting_lead_arrives_once_in_order_through_the_sensor_and_job(
             (request,) = result.run_requests
             ranges = request.run_config["ops"]["deliver_lead_range"]["config"]["ranges"]
             assert sum(r["end"] - r["start"] for r in ranges) <= 200
-            outcome = deliver_leads.execute_in_process(
+            outcome = run_job(
+                deliver_leads,
                 run_config=request.run_config,
                 resources=resources,
                 instance=instance,
@@ -171,8 +163,8 @@ def test_the_token_and_the_contact_never_reach_logs_metadata_or_run_config(
     with dg.instance_for_test() as instance:
         with dg.build_sensor_context(instance=instance, resources=resources) as context:
             (request,) = lead_events_sensor(context).run_requests
-        outcome = deliver_leads.execute_in_process(
-            run_config=request.run_config, resources=resources, instance=instance
+        outcome = run_job(
+            deliver_leads, run_config=request.run_config, resources=resources, instance=instance
         )
         assert outcome.success
         logs = [repr(e) for e in instance.all_logs(outcome.run_id)]
@@ -363,7 +355,8 @@ def test_a_down_crm_fails_the_run_then_parked_leads_are_retried_by_the_sensor(
     with dg.instance_for_test() as instance:
         with dg.build_sensor_context(instance=instance, resources=resources) as context:
             (request,) = lead_events_sensor(context).run_requests
-        failed = deliver_leads.execute_in_process(
+        failed = run_job(
+            deliver_leads,
             run_config=request.run_config,
             resources=resources,
             instance=instance,
@@ -384,7 +377,8 @@ def test_a_down_crm_fails_the_run_then_parked_leads_are_retried_by_the_sensor(
             if isinstance(result, dg.SkipReason):
                 break
             (request,) = result.run_requests
-            assert deliver_leads.execute_in_process(
+            assert run_job(
+                deliver_leads,
                 run_config=request.run_config,
                 resources=resources,
                 instance=instance,
@@ -414,7 +408,8 @@ def test_a_failing_range_is_requested_again_then_reported(pipeline: Pipeline, lo
                 (request,) = lead_events_sensor(context).run_requests
             assert request.tags[ATTEMPT_TAG] == str(attempt)
             keys.append(request.run_key)
-            assert not deliver_leads.execute_in_process(
+            assert not run_job(
+                deliver_leads,
                 run_config=request.run_config,
                 resources=broken,
                 instance=instance,

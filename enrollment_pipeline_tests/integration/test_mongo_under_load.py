@@ -29,6 +29,7 @@ from enrollment_pipeline.lib.mongo.store import EnrollmentStore
 from enrollment_pipeline.sample_data import synthetic_events
 from enrollment_pipeline.stack.mongo import MongoWire
 from enrollment_pipeline_tests import factories as f
+from enrollment_pipeline_tests.jobs import run_job
 from enrollment_pipeline_tests.pipeline import Pipeline, assert_read_model_is_the_fold
 
 pytestmark = pytest.mark.integration
@@ -173,7 +174,8 @@ def test_a_dagster_run_on_a_stalled_server_fails_in_bounded_time_then_the_rerun_
     pid = _stall(own_mongo_server)
     try:
         started = time.monotonic()
-        result = ingest_enrollment_events.execute_in_process(
+        result = run_job(
+            ingest_enrollment_events,
             run_config=run_config,
             resources={
                 **pipeline.resources(),
@@ -192,7 +194,8 @@ def test_a_dagster_run_on_a_stalled_server_fails_in_bounded_time_then_the_rerun_
         failure.event_specific_data
     )
 
-    rerun = ingest_enrollment_events.execute_in_process(
+    rerun = run_job(
+        ingest_enrollment_events,
         run_config=run_config,
         resources={
             **pipeline.resources(),

@@ -16,6 +16,7 @@ from enrollment_pipeline.lib.ingestion.run import ingest_range
 from enrollment_pipeline.lib.mongo.store import EnrollmentStore
 from enrollment_pipeline.settings import ENROLLMENT_GROUPS, READ_MODEL_GROUP
 from enrollment_pipeline_tests import factories as f
+from enrollment_pipeline_tests.jobs import resolve
 
 pytestmark = pytest.mark.integration
 
@@ -103,13 +104,13 @@ def test_dead_letters_list_show_and_redrive(cli, kafka, mongo, topic, lead_topic
 
 
 def test_offsets_reset_is_refused_while_an_ingestion_run_is_in_flight(
-    cli, kafka, topic, tmp_path, monkeypatch
+    cli, kafka, mongo, topic, tmp_path, monkeypatch
 ):
     kafka.produce_batch(topic, [f.record(f.submitted("APP-1", 0))])
     monkeypatch.setenv("DAGSTER_HOME", str(tmp_path))
     with dg.DagsterInstance.get() as instance:
         run = instance.create_run_for_job(
-            ingest_enrollment_events,
+            resolve(ingest_enrollment_events, {"kafka": kafka, "mongo": mongo}),
             run_config={"ops": {"ingest_offset_range": {"config": {"topic": topic, "ranges": []}}}},
             status=dg.DagsterRunStatus.STARTED,
         )

@@ -7,7 +7,7 @@ import pandas as pd
 from pydantic import Field
 
 from enrollment_pipeline.defs.email.resources import EmailSender
-from enrollment_pipeline.defs.ingestion.assets import BROKER_FOLLOWUPS, GROUP
+from enrollment_pipeline.defs.ingestion.assets import BROKER_FOLLOWUPS, GROUP, OWNERS
 from enrollment_pipeline.defs.mongo.resources import MongoResource
 from enrollment_pipeline.defs.pipeline_settings import PipelineSettingsResource
 from enrollment_pipeline.domain.events import to_utc
@@ -41,9 +41,11 @@ class FollowupRunConfig(dg.Config):
     deps=[BROKER_FOLLOWUPS],
     group_name=GROUP,
     kinds={"email"},
+    owners=OWNERS,
     pool=FOLLOWUP_POOL,
     description="Emails to brokers whose signature is overdue (Contract 3): one per due "
-    "follow-up per run, retry counts, escalation to PENDING.",
+    "follow-up per run, retry counts, escalation to PENDING. Kept fresh by the schedule "
+    "`hourly_broker_followups` (off until turned on: it emails real brokers).",
 )
 def broker_followup_emails(
     context: dg.AssetExecutionContext,

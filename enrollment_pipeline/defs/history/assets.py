@@ -7,7 +7,7 @@ import dagster as dg
 from pydantic import Field
 
 from enrollment_pipeline.defs.archive.resources import ArchiveResource
-from enrollment_pipeline.defs.ingestion.assets import APPLICATIONS, GROUP
+from enrollment_pipeline.defs.ingestion.assets import APPLICATIONS, GROUP, HISTORIC_EVENTS, OWNERS
 from enrollment_pipeline.defs.ingestion.jobs import READ_MODEL_POOL
 from enrollment_pipeline.defs.kafka.resources import KafkaResource
 from enrollment_pipeline.defs.mongo.resources import MongoResource
@@ -16,7 +16,20 @@ from enrollment_pipeline.lib.backfill import backfill_days, rebuild_read_model
 from enrollment_pipeline.lib.mongo.store import EnrollmentStore
 from enrollment_pipeline.settings import PipelineSettings
 
-HISTORIC_EVENTS = dg.AssetKey("historic_enrollment_events")
+ARCHIVE = dg.AssetKey("enrollment_archive")
+
+
+def archive_spec() -> dg.AssetSpec:
+    return dg.AssetSpec(
+        ARCHIVE,
+        group_name=GROUP,
+        kinds={"s3"},
+        owners=OWNERS,
+        description="The historic archive (ARCHIVE_ROOT, a folder or s3://bucket/prefix): one "
+        "`{day}.jsonl[.gz]` of Contract-1 events per day (Contract 5). Not written here.",
+    )
+
+
 MAX_RUNTIME_SECONDS = 6 * 3600
 
 
@@ -37,13 +50,17 @@ class BackfillConfig(dg.Config):
 def historic_enrollment_events_asset(partitions: dg.DailyPartitionsDefinition):
     @dg.asset(
         key=HISTORIC_EVENTS,
+        deps=[ARCHIVE],
+        owners=OWNERS,
         partitions_def=partitions,
         backfill_policy=dg.BackfillPolicy.single_run(),
         pool=READ_MODEL_POOL,
         group_name=GROUP,
         kinds={"s3", "mongodb"},
         description="Historic enrollment events from the archive (Contract 5), one partition "
-        "per day, stored and folded into the read model by the same code as ingestion.",
+        "per day, stored in the event store and folded into the read model by the same code "
+        "as ingestion. Launched by hand: the backfill dialog (a range of days is one run) or "
+        "`dagster asset materialize --partition-range`.",
     )
     def historic_enrollment_events(
         context: dg.AssetExecutionContext,
@@ -141,4 +158,4 @@ def defs() -> dg.Definitions:
         tags={"dagster/max_runtime": MAX_RUNTIME_SECONDS},
         description="Backfill days of the historic archive into the event store and read model.",
     )
-    return dg.Definitions(assets=[asset], jobs=[backfill, rebuild_read_model_job])
+    return dg.Definitions(assets=[archive_spec(), asset], jobs=[backfill, rebuild_read_model_job])

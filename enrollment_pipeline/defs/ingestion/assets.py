@@ -24,32 +24,64 @@ LEAD_EVENTS = dg.AssetKey("lead_integration_events")
 DEAD_LETTER_RATE_CHECK = dg.AssetCheckKey(DEAD_LETTERS_ASSET, "dead_letter_rate")
 CONSUMER_LAG_CHECK = dg.AssetCheckKey(APPLICATIONS, "consumer_lag")
 
-datasets = [
-    dg.AssetSpec(
-        APPLICATIONS,
-        group_name=GROUP,
-        kinds={"mongodb"},
-        description="Read model: one document per application, the fold of its events.",
-    ),
-    dg.AssetSpec(
-        BROKER_FOLLOWUPS,
-        group_name=GROUP,
-        kinds={"mongodb"},
-        description="Applications whose broker has not signed yet (the follow-up queue).",
-    ),
-    dg.AssetSpec(
-        DEAD_LETTERS_ASSET,
-        group_name=GROUP,
-        kinds={"mongodb"},
-        description="Rejected input, kept whole with its position and reason.",
-    ),
-    dg.AssetSpec(
-        LEAD_EVENTS,
-        group_name=GROUP,
-        kinds={"kafka"},
-        description="Lead-integration events for consenting applicants (Contract 4).",
-    ),
-]
+OWNERS = ["team:enrollment-data"]
+ENROLLMENT_TOPIC_ASSET = dg.AssetKey("enrollment_events_topic")
+HISTORIC_EVENTS = dg.AssetKey("historic_enrollment_events")
+KEPT_FRESH_BY_SENSOR = (
+    "Kept fresh by `enrollment_events_sensor` (every 15 s), job `ingest_enrollment_events`."
+)
+
+enrollment_events_topic = dg.AssetSpec(
+    ENROLLMENT_TOPIC_ASSET,
+    group_name=GROUP,
+    kinds={"kafka"},
+    owners=OWNERS,
+    description="The `enrollment-events` topic (ENROLLMENT_TOPIC): Contract-1 events that the "
+    "upstream enrollment systems publish, keyed by application id. Not written here.",
+)
+
+
+def dataset_specs() -> list[dg.AssetSpec]:
+    """What one ingestion batch writes (the outputs of the `ingest_offset_range` multi-asset)."""
+    return [
+        dg.AssetSpec(
+            APPLICATIONS,
+            deps=[ENROLLMENT_TOPIC_ASSET, HISTORIC_EVENTS],
+            group_name=GROUP,
+            kinds={"mongodb"},
+            owners=OWNERS,
+            description="Read model (`applications`): one document per application, the fold "
+            f"of its events from Kafka and from archive backfills. {KEPT_FRESH_BY_SENSOR} "
+            "`rebuild_read_model` recomputes it from the event store.",
+        ),
+        dg.AssetSpec(
+            BROKER_FOLLOWUPS,
+            deps=[ENROLLMENT_TOPIC_ASSET],
+            group_name=GROUP,
+            kinds={"mongodb"},
+            owners=OWNERS,
+            description="The follow-up queue (`broker_followups`): applications whose broker has "
+            f"not signed yet. {KEPT_FRESH_BY_SENSOR}",
+        ),
+        dg.AssetSpec(
+            DEAD_LETTERS_ASSET,
+            deps=[ENROLLMENT_TOPIC_ASSET],
+            group_name=GROUP,
+            kinds={"mongodb"},
+            owners=OWNERS,
+            description="Rejected input (`dead_letters`), kept whole with its position and reason; "
+            "`enrollment-pipeline dead-letters list|show|redrive`.",
+        ),
+        dg.AssetSpec(
+            LEAD_EVENTS,
+            deps=[ENROLLMENT_TOPIC_ASSET],
+            group_name=GROUP,
+            kinds={"kafka"},
+            owners=OWNERS,
+            description="Lead-integration events for consenting applicants (Contract 4), on the "
+            f"`lead-integration-events` topic. {KEPT_FRESH_BY_SENSOR}",
+        ),
+    ]
 
 
 @dg.asset_check(asset=DEAD_LETTERS_ASSET, name="dead_letter_rate")

@@ -1,4 +1,8 @@
-"""`ingest_enrollment_events`: one micro-batch over exact offset ranges, in process."""
+"""`ingest_enrollment_events`: one micro-batch over exact offset ranges, in process.
+
+The four datasets a batch writes are the outputs of one multi-asset (`ingest_offset_range`),
+so the asset graph shows where they come from and which sensor keeps them fresh.
+"""
 
 import dagster as dg
 
@@ -8,6 +12,7 @@ from enrollment_pipeline.defs.ingestion.assets import (
     DEAD_LETTERS_ASSET,
     LEAD_EVENTS,
     as_evaluation,
+    dataset_specs,
     lag_result,
     rate_result,
 )
@@ -15,6 +20,7 @@ from enrollment_pipeline.defs.kafka.resources import KafkaResource
 from enrollment_pipeline.defs.mongo.resources import MongoResource
 from enrollment_pipeline.defs.offset_ranges import OffsetRangeConfig, range_metadata
 from enrollment_pipeline.defs.pipeline_settings import PipelineSettingsResource
+from enrollment_pipeline.lib.ingestion.batch import BatchReport
 from enrollment_pipeline.lib.ingestion.run import ingest_range
 from enrollment_pipeline.lib.mongo.store import EnrollmentStore
 
@@ -24,18 +30,27 @@ READ_MODEL_POOL = "enrollment_read_model"
 MAX_RUNTIME_SECONDS = 1800
 
 
-@dg.op(pool=READ_MODEL_POOL)
+@dg.multi_asset(
+    name="ingest_offset_range",
+    specs=dataset_specs(),
+    pool=READ_MODEL_POOL,
+    can_subset=False,
+    description="Apply one offset range of enrollment-events (the sensor gives it) to the "
+    "event store, the read model, the follow-up queue and the lead topic.",
+)
 def ingest_offset_range(
-    context: dg.OpExecutionContext,
+    context: dg.AssetExecutionContext,
     config: OffsetRangeConfig,
     kafka: KafkaResource,
     mongo: MongoResource,
     settings: PipelineSettingsResource,
-) -> None:
+):
     """Apply one offset range and report what it did on the four datasets."""
     plan = config.plan()
     if plan is None:
         context.log.info("no offset ranges in the run config: nothing to ingest")
+        for key in (APPLICATIONS, BROKER_FOLLOWUPS, DEAD_LETTERS_ASSET, LEAD_EVENTS):
+            yield dg.MaterializeResult(asset_key=key, metadata={"events_read": 0})
         return
     with mongo.explained_errors():  # a stalled server fails the run; the sensor retries
         result = ingest_range(
@@ -44,52 +59,44 @@ def ingest_offset_range(
             plan,
             lead_topic=settings.lead_topic,
             max_record_bytes=settings.ingest_max_record_bytes,
-            run_id=context.run_id,
+            run_id=context.run.run_id,
         )
-    report = result.report
+    report: BatchReport = result.report
     common = {"offset_ranges": range_metadata(plan), "events_read": report.events_read}
-    context.log_event(
-        dg.AssetMaterialization(
-            APPLICATIONS,
-            metadata={
-                **common,
-                "events_applied": report.applied,
-                "duplicates": report.duplicates,
-                "anomalies": report.anomalies,
-                "applications_touched": report.applications_touched,
-                # Refolded from the event store because of late or replayed events.
-                "applications_reread": report.applications_reread,
-                "events_reread": report.events_reread,
-                "applications_written": report.applications_written,
-                "lag_left": result.lag_left,
-            },
-        )
+    yield dg.MaterializeResult(
+        asset_key=APPLICATIONS,
+        metadata={
+            **common,
+            "events_applied": report.applied,
+            "duplicates": report.duplicates,
+            "anomalies": report.anomalies,
+            "applications_touched": report.applications_touched,
+            # Refolded from the event store because of late or replayed events.
+            "applications_reread": report.applications_reread,
+            "events_reread": report.events_reread,
+            "applications_written": report.applications_written,
+            "lag_left": result.lag_left,
+        },
     )
-    context.log_event(
-        dg.AssetMaterialization(
-            BROKER_FOLLOWUPS,
-            metadata={
-                **common,
-                "followups_opened": report.followups_opened,
-                "followups_closed": report.followups_closed,
-                "followups_written": report.followups_written,
-            },
-        )
+    yield dg.MaterializeResult(
+        asset_key=BROKER_FOLLOWUPS,
+        metadata={
+            **common,
+            "followups_opened": report.followups_opened,
+            "followups_closed": report.followups_closed,
+            "followups_written": report.followups_written,
+        },
     )
-    context.log_event(
-        dg.AssetMaterialization(
-            DEAD_LETTERS_ASSET,
-            metadata={
-                **common,
-                "dead_lettered": report.dead_lettered,
-                "reasons": dict(report.dead_letter_reasons),
-            },
-        )
+    yield dg.MaterializeResult(
+        asset_key=DEAD_LETTERS_ASSET,
+        metadata={
+            **common,
+            "dead_lettered": report.dead_lettered,
+            "reasons": dict(report.dead_letter_reasons),
+        },
     )
-    context.log_event(
-        dg.AssetMaterialization(
-            LEAD_EVENTS, metadata={**common, "leads_published": report.leads_published}
-        )
+    yield dg.MaterializeResult(
+        asset_key=LEAD_EVENTS, metadata={**common, "leads_published": report.leads_published}
     )
     context.log_event(
         as_evaluation(
@@ -109,10 +116,13 @@ def ingest_offset_range(
     )
 
 
-@dg.job(
+ingest_enrollment_events = dg.define_asset_job(
+    "ingest_enrollment_events",
+    # The checks are evaluated by the batch itself, from its own numbers.
+    selection=dg.AssetSelection.assets(
+        APPLICATIONS, BROKER_FOLLOWUPS, DEAD_LETTERS_ASSET, LEAD_EVENTS
+    ).without_checks(),
     executor_def=dg.in_process_executor,
     tags={"dagster/max_runtime": MAX_RUNTIME_SECONDS},
     description="Apply one micro-batch of enrollment events over exact Kafka offset ranges.",
 )
-def ingest_enrollment_events() -> None:
-    ingest_offset_range()

@@ -2,7 +2,7 @@
 
 import dagster as dg
 
-from enrollment_pipeline.defs.ingestion.assets import GROUP, LEAD_EVENTS
+from enrollment_pipeline.defs.ingestion.assets import GROUP, LEAD_EVENTS, OWNERS
 from enrollment_pipeline.defs.mongo.resources import MongoResource
 from enrollment_pipeline.defs.pipeline_settings import PipelineSettingsResource
 from enrollment_pipeline.lib.mongo.lead_store import FAILED, PARKED, LeadDeliveryStore
@@ -10,14 +10,19 @@ from enrollment_pipeline.lib.mongo.lead_store import FAILED, PARKED, LeadDeliver
 CRM_LEADS = dg.AssetKey("crm_leads")
 PARKED_CHECK = dg.AssetCheckKey(CRM_LEADS, "parked_leads")
 
-crm_leads = dg.AssetSpec(
-    CRM_LEADS,
-    deps=[LEAD_EVENTS],
-    group_name=GROUP,
-    kinds={"api"},
-    description="Leads delivered to the CRM's REST API (Contract 4), in order per application, "
-    "once per lead_event_id. Parked and failed leads wait in `lead_deliveries`.",
-)
+
+def crm_leads_spec() -> dg.AssetSpec:
+    """What a delivery run writes (the output of the `deliver_lead_range` multi-asset)."""
+    return dg.AssetSpec(
+        CRM_LEADS,
+        deps=[LEAD_EVENTS],
+        group_name=GROUP,
+        kinds={"api"},
+        owners=OWNERS,
+        description="Leads delivered to the CRM's REST API (LEAD_API_URL, Contract 4), in order "
+        "per application, once per lead_event_id; parked and refused leads wait in "
+        "`lead_deliveries`. Kept fresh by `lead_events_sensor`, job `deliver_leads`.",
+    )
 
 
 def parked_result(open_by_status: dict[str, int], threshold: int) -> dg.AssetCheckResult:

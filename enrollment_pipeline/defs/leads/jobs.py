@@ -8,7 +8,7 @@ from pydantic import Field
 from enrollment_pipeline.defs.crm.resources import CrmClient
 from enrollment_pipeline.defs.ingestion.assets import as_evaluation
 from enrollment_pipeline.defs.kafka.resources import KafkaResource
-from enrollment_pipeline.defs.leads.assets import CRM_LEADS, parked_result
+from enrollment_pipeline.defs.leads.assets import CRM_LEADS, crm_leads_spec, parked_result
 from enrollment_pipeline.defs.mongo.resources import MongoResource
 from enrollment_pipeline.defs.offset_ranges import OffsetRangeConfig, range_metadata
 from enrollment_pipeline.defs.pipeline_settings import PipelineSettingsResource
@@ -35,15 +35,20 @@ class DeliverLeadsConfig(OffsetRangeConfig):
     )
 
 
-@dg.op(pool=LEAD_DELIVERY_POOL)
+@dg.multi_asset(
+    name="deliver_lead_range",
+    specs=[crm_leads_spec()],
+    pool=LEAD_DELIVERY_POOL,
+    description="Deliver one offset range of lead-integration-events to the CRM.",
+)
 def deliver_lead_range(
-    context: dg.OpExecutionContext,
+    context: dg.AssetExecutionContext,
     config: DeliverLeadsConfig,
     kafka: KafkaResource,
     mongo: MongoResource,
     crm: CrmClient,
     settings: PipelineSettingsResource,
-) -> None:
+):
     """Deliver the range's leads, and the parked ones due for a retry."""
     plan = config.plan()
     failure = None
@@ -60,12 +65,12 @@ def deliver_lead_range(
                 concurrency=settings.lead_concurrency,
                 park_for=timedelta(minutes=settings.lead_park_minutes),
                 max_record_bytes=settings.ingest_max_record_bytes,
-                run_id=context.run_id,
+                run_id=context.run.run_id,
             )
         except CrmUnavailableError as exc:
             report, failure = exc.report, str(exc)
-    context.log_event(
-        dg.AssetMaterialization(CRM_LEADS, metadata=run_metadata(report, range_metadata(plan)))
+    yield dg.MaterializeResult(
+        asset_key=CRM_LEADS, metadata=run_metadata(report, range_metadata(plan))
     )
     context.log_event(as_evaluation(parked_result(report.open_by_status, settings.lead_max_parked)))
     for error in report.kafka_commit_errors:
@@ -100,11 +105,11 @@ def run_metadata(report: DeliveryReport, ranges: dict[str, str]) -> dict:
     }
 
 
-@dg.job(
+deliver_leads = dg.define_asset_job(
+    "deliver_leads",
+    selection=dg.AssetSelection.assets(CRM_LEADS).without_checks(),  # the run reports it
     executor_def=dg.in_process_executor,
     tags={"dagster/max_runtime": MAX_RUNTIME_SECONDS},
     description="Deliver one range of lead-integration events to the CRM, in order per "
     "application, idempotently; `redrive: true` retries parked and failed leads.",
 )
-def deliver_leads() -> None:
-    deliver_lead_range()

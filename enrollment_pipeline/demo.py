@@ -1,0 +1,256 @@
+"""`enrollment-pipeline demo`: the whole pipeline on the local stack, within two minutes.
+
+Starts the services that are not running yet, a trickle of realistic events (a first batch,
+then a few records a second), and `dagster dev` with a persistent DAGSTER_HOME; once the UI
+answers it turns the hourly schedule on and, when the first applications are in, launches one
+follow-up run so emails appear without waiting for the hour. Ctrl-C or SIGTERM stops what it
+started: `dagster dev` (SIGINT, then SIGKILL of its process group after a grace period), the
+trickle, and the services it started.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import requests
+
+from enrollment_pipeline.defs.kafka.resources import KafkaResource
+from enrollment_pipeline.defs.mongo.resources import APPLICATIONS, mongo_from_settings
+from enrollment_pipeline.sample_data import synthetic_events
+from enrollment_pipeline.settings import PipelineSettings
+from enrollment_pipeline.stack.local import LocalStack
+
+PROJECT = Path(__file__).resolve().parent.parent
+GRACE_S = 15.0
+
+START_SCHEDULE = """
+mutation($s: ScheduleSelector!) {
+  startSchedule(scheduleSelector: $s) {
+    __typename ... on ScheduleStateResult { scheduleState { status } }
+    ... on PythonError { message }
+  }
+}"""
+LAUNCH_RUN = """
+mutation($p: ExecutionParams!) {
+  launchRun(executionParams: $p) {
+    __typename ... on LaunchRunSuccess { run { runId } } ... on PythonError { message }
+  }
+}"""
+LOCATIONS = "query { workspaceOrError { ... on Workspace { locationEntries { name } } } }"
+
+
+class Trickle(threading.Thread):
+    """Produces synthetic events: `burst` records at once, then `rate` records a second."""
+
+    def __init__(self, settings: PipelineSettings, *, burst: int, rate: float, seed: int) -> None:
+        super().__init__(name="trickle", daemon=True)
+        self.settings, self.burst, self.rate, self.seed = settings, burst, rate, seed
+        self.stopped = threading.Event()
+        self.produced = 0
+        self.error: Exception | None = None
+
+    def run(self) -> None:
+        kafka = KafkaResource(bootstrap_servers=self.settings.kafka_bootstrap_servers)
+        topic = self.settings.enrollment_topic
+        try:
+            first = 1 + sum(kafka.end_offsets(topic).values())
+            records = synthetic_events(
+                1_000_000,
+                seed=self.seed,
+                start=datetime.now(UTC) - timedelta(days=2),
+                mean_gap=timedelta(minutes=2),
+                bad_fraction=0.01,
+                first_application_number=first,
+            )
+            batch = [next(records) for _ in range(self.burst)]
+            self.produced += kafka.produce_batch(topic, batch)
+            per_tick = max(1, round(self.rate * 2))
+            while not self.stopped.wait(2.0):
+                self.produced += kafka.produce_batch(
+                    topic, [next(records) for _ in range(per_tick)]
+                )
+        except Exception as exc:  # reported by the demo, which goes on serving the UI
+            self.error = exc
+        finally:
+            kafka.close()
+
+
+def _default_signals() -> None:
+    """In the child: a script that started the demo in the background left SIGINT ignored,
+    and an ignored SIGINT is inherited; `dagster dev` must get the default handlers back."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+@dataclass
+class Demo:
+    stack: LocalStack
+    port: int
+    say: Callable[[str], None]
+    started_services: list[str] = field(default_factory=list)
+    dagster: subprocess.Popen | None = None
+    trickle: Trickle | None = None
+
+    # -- start -------------------------------------------------------------------------------
+
+    def start_stack(self, report: Callable[[str, float], None]) -> None:
+        before = {s.name for s in self.stack.status() if s.running}
+        self.stack.up(report)
+        self.started_services = [s.name for s in self.stack.services if s.daemon.name not in before]
+        os.environ.update(self.stack.env())
+        home = self.stack.settings.state_dir / "dagster_home"
+        home.mkdir(parents=True, exist_ok=True)
+        (home / "dagster.yaml").write_text((PROJECT / "deploy" / "dagster.yaml").read_text())
+        os.environ["DAGSTER_HOME"] = str(home)
+
+    def start_trickle(self, burst: int, rate: float) -> None:
+        self.trickle = Trickle(PipelineSettings(), burst=burst, rate=rate, seed=int(time.time()))
+        self.trickle.start()
+
+    @property
+    def dagster_log(self) -> Path:
+        return self.stack.settings.state_dir / "logs" / "dagster.log"
+
+    def start_dagster(self) -> None:
+        """`dagster dev` in its own process group, its output in `{state}/logs/dagster.log`."""
+        home = Path(os.environ["DAGSTER_HOME"])
+        self.dagster_log.parent.mkdir(parents=True, exist_ok=True)
+        with self.dagster_log.open("ab") as log:
+            self.dagster = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "dagster",
+                    "dev",
+                    "-w",
+                    str(PROJECT / "workspace.yaml"),
+                    "-h",
+                    "127.0.0.1",
+                    "-p",
+                    str(self.port),
+                ],
+                cwd=home,  # its dagster.yaml is the instance's (no warning about ours)
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                preexec_fn=_default_signals,
+            )
+
+    # -- talk to the UI ----------------------------------------------------------------------
+
+    def graphql(self, query: str, variables: dict | None = None) -> dict:
+        response = requests.post(
+            f"http://127.0.0.1:{self.port}/graphql",
+            json={"query": query, "variables": variables or {}},
+            timeout=30,
+        )
+        response.raise_for_status()
+        body = response.json()
+        if "errors" in body:
+            raise RuntimeError(str(body["errors"])[:500])
+        return body["data"]
+
+    def wait_for_ui(self, timeout_s: float = 120) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.dagster is not None and self.dagster.poll() is not None:
+                raise RuntimeError(f"dagster dev exited with {self.dagster.returncode}")
+            try:
+                if requests.get(f"http://127.0.0.1:{self.port}/server_info", timeout=2).ok:
+                    return
+            except requests.RequestException:
+                pass
+            time.sleep(1)
+        raise RuntimeError(f"the Dagster UI did not answer within {timeout_s:.0f} s")
+
+    def location(self) -> str:
+        entries = self.graphql(LOCATIONS)["workspaceOrError"]["locationEntries"]
+        return entries[0]["name"]
+
+    def start_schedule(self) -> str:
+        result = self.graphql(
+            START_SCHEDULE,
+            {
+                "s": {
+                    "repositoryLocationName": self.location(),
+                    "repositoryName": "__repository__",
+                    "scheduleName": "hourly_broker_followups",
+                }
+            },
+        )["startSchedule"]
+        return result.get("scheduleState", {}).get("status") or result.get("message", "?")
+
+    def wait_for_applications(self, timeout_s: float = 90) -> int:
+        mongo = mongo_from_settings(PipelineSettings())
+        deadline = time.monotonic() + timeout_s
+        count = 0
+        while time.monotonic() < deadline and not count:
+            with mongo.explained_errors():
+                count = mongo.db()[APPLICATIONS].estimated_document_count()
+            time.sleep(2)
+        mongo.client().close()
+        return count
+
+    def launch_followups(self) -> str:
+        as_of = datetime.now(UTC).isoformat()
+        result = self.graphql(
+            LAUNCH_RUN,
+            {
+                "p": {
+                    "selector": {
+                        "repositoryLocationName": self.location(),
+                        "repositoryName": "__repository__",
+                        "jobName": "send_broker_followups",
+                    },
+                    "runConfigData": {
+                        "ops": {"broker_followup_emails": {"config": {"as_of": as_of}}}
+                    },
+                }
+            },
+        )["launchRun"]
+        if result["__typename"] != "LaunchRunSuccess":
+            raise RuntimeError(result.get("message", result["__typename"]))
+        return result["run"]["runId"]
+
+    # -- stop --------------------------------------------------------------------------------
+
+    def stop(self) -> list[str]:
+        """Stop what the demo started, within about 30 s; what was stopped, for the user."""
+        stopped = []
+        if self.trickle is not None:
+            self.trickle.stopped.set()
+            self.trickle.join(timeout=5)
+            stopped.append(f"event trickle ({self.trickle.produced} records produced)")
+        if self.dagster is not None and self.dagster.poll() is None:
+            group = self.dagster.pid
+            try:
+                os.killpg(group, signal.SIGINT)
+                self.dagster.wait(timeout=GRACE_S)
+            except subprocess.TimeoutExpired:
+                os.killpg(group, signal.SIGKILL)
+                self.dagster.wait(timeout=5)
+            except ProcessLookupError:
+                pass
+            _kill_group(group)  # the webserver, daemon and code server, if any is left
+            stopped.append("dagster dev")
+        if self.started_services:
+            for service in reversed(self.stack.services):
+                if service.name in self.started_services and service.down():
+                    stopped.append(service.name)
+        return stopped
+
+
+def _kill_group(group: int) -> None:
+    try:
+        os.killpg(group, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
