@@ -10,7 +10,12 @@ import pytest
 
 from enrollment_pipeline.defs.ingestion.jobs import ingest_enrollment_events
 from enrollment_pipeline.defs.ingestion.sensors import enrollment_events_sensor
-from enrollment_pipeline.defs.mongo.resources import APPLICATIONS, MongoResource
+from enrollment_pipeline.defs.kafka.resources import KafkaResource, KafkaUnavailableError
+from enrollment_pipeline.defs.mongo.resources import (
+    APPLICATIONS,
+    MongoResource,
+    MongoUnavailableError,
+)
 from enrollment_pipeline.defs.offset_ranges import ATTEMPT_TAG, PARTITIONS_TAG, RANGE_TAG
 from enrollment_pipeline.defs.pipeline_settings import PipelineSettingsResource
 from enrollment_pipeline.lib.mongo.store import EnrollmentStore
@@ -160,3 +165,17 @@ def test_twelve_partitions_in_one_request(instance, kafka, mongo):
         assert request.tags[RANGE_TAG].startswith(topic)
     finally:
         kafka.delete_topics([topic])
+
+
+def test_a_tick_with_kafka_or_mongo_down_names_the_setting_to_fix(instance, kafka, mongo, topic):
+    settings = PipelineSettingsResource(enrollment_topic=topic)
+    no_kafka = KafkaResource(bootstrap_servers="127.0.0.1:1", bootstrap_timeout_ms=2000)
+    with pytest.raises(KafkaUnavailableError, match="check KAFKA_BOOTSTRAP_SERVERS"):
+        tick(instance, no_kafka, mongo, settings)
+    no_mongo = MongoResource(
+        uri="mongodb://127.0.0.1:1/", database=mongo.database, server_selection_timeout_ms=300
+    )
+    with pytest.raises(dg.DagsterResourceFunctionError) as raised:
+        tick(instance, kafka, no_mongo, settings)
+    assert isinstance(raised.value.__cause__, MongoUnavailableError)
+    assert "check MONGO_URI" in str(raised.value.__cause__)
