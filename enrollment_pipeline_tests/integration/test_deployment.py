@@ -204,3 +204,78 @@ def test_webserver_and_daemon_run_the_pipeline_on_postgres_storage(
                 os.killpg(process.pid, signal.SIGKILL)
                 codes.append("killed")
     assert "killed" not in codes, "a Dagster process did not stop on SIGTERM"
+
+
+SENSOR_TICKS = """
+query($s: SensorSelector!) {
+  sensorOrError(sensorSelector: $s) {
+    ... on Sensor { sensorState { ticks(limit: 5) {
+      status error { message cause { message cause { message } } } } } }
+  }
+}"""
+
+
+def test_plain_dagster_dev_in_the_repository_root_needs_no_variable(tmp_path):
+    """The first thing a Dagster user types, with nothing exported and Kafka unreachable: the
+    UI loads, and the sensor's tick says which setting to fix."""
+    (port, dead) = free_ports(2)
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("DAGSTER_", "KAFKA_", "MONGO_", "STACK_"))
+    }
+    env["KAFKA_BOOTSTRAP_SERVERS"] = f"127.0.0.1:{dead}"  # nothing listens there
+    log = tmp_path / "dagster-dev.log"
+    process = subprocess.Popen(
+        [str(BIN / "dagster"), "dev", "-p", str(port)],
+        env=env,
+        cwd=REPO,
+        start_new_session=True,
+        stdout=log.open("w"),
+        stderr=subprocess.STDOUT,
+    )
+    try:
+
+        def ui_up() -> bool:
+            assert process.poll() is None, log.read_text()[-3000:]
+            try:
+                return requests.get(f"http://127.0.0.1:{port}/server_info", timeout=2).ok
+            except requests.ConnectionError:
+                return False
+
+        wait_for("the UI did not answer", ui_up, 120, [log])
+        selector = {
+            "repositoryLocationName": "enrollment_pipeline",
+            "repositoryName": "__repository__",
+            "sensorName": "enrollment_events_sensor",
+        }
+
+        def failed_tick() -> str:
+            """The first failed tick's error, with its causes, as the tick's page shows it."""
+            state = graphql(port, SENSOR_TICKS, {"s": selector})["sensorOrError"]["sensorState"]
+            for tick in state["ticks"]:
+                if tick["status"] == "FAILURE":
+                    chain, error = [], tick["error"]
+                    while error:
+                        chain.append(error["message"])
+                        error = error.get("cause")
+                    return "\n".join(chain)
+            return ""
+
+        wait_for("no failed sensor tick", failed_tick, 90, [log])
+        assert "check KAFKA_BOOTSTRAP_SERVERS" in failed_tick()
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+    validated = subprocess.run(
+        [str(BIN / "dagster"), "definitions", "validate"],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert validated.returncode == 0, validated.stdout + validated.stderr
