@@ -3,7 +3,7 @@
 Both go through the code ingestion uses: archive lines are parsed by the same parser as Kafka
 records (minus the key) and applied with `apply_parsed` in chunks, so a day merges with the
 events that came through Kafka exactly as one fold of their union; a rebuild refolds each
-application from its stored events and writes only the fold-owned fields (`_writes`), so the
+application from its stored events and writes only the fold-owned fields (`plan_writes`), so the
 email job's follow-up fields and attempt history stay. Memory holds one chunk, whatever the
 size of a day's file.
 """
@@ -24,7 +24,7 @@ from enrollment_pipeline.domain.events import (
     parse_archive_line,
 )
 from enrollment_pipeline.domain.projection import fold_history
-from enrollment_pipeline.lib.ingestion.batch import BatchReport, Source, _writes, apply_parsed
+from enrollment_pipeline.lib.ingestion.batch import BatchReport, Source, apply_parsed, plan_writes
 from enrollment_pipeline.lib.mongo.store import DeadLetter, EnrollmentStore
 
 PublishLeads = Callable[[list[tuple[bytes, bytes]]], None]
@@ -142,7 +142,7 @@ def rebuild_read_model(store: EnrollmentStore, *, page_size: int = 500) -> Rebui
         histories = store.events_of(page)
         folds = {app: fold_history(app, histories[app]) for app in page if histories[app]}
         existing_apps = store.applications(folds)
-        writes = _writes(folds, existing_apps, store.followups(folds), BatchReport())
+        writes = plan_writes(folds, existing_apps, store.followups(folds), BatchReport())
         store.write_applications(writes.new_apps, writes.changed_apps)
         store.write_followups(writes.new_followups, writes.followup_updates)
         report.applications += len(folds)

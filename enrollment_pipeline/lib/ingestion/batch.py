@@ -170,7 +170,7 @@ def apply_parsed(
     folds = _fold_touched(store, batch_by_app, set(stored), existing_apps, report)
     existing_followups = store.followups(batch_by_app)
 
-    writes = _writes(folds, existing_apps, existing_followups, report)
+    writes = plan_writes(folds, existing_apps, existing_followups, report)
     store.write_applications(writes.new_apps, writes.changed_apps)
     report.applications_written = len(writes.new_apps) + len(writes.changed_apps)
     checkpoint("after_read_model_write")
@@ -195,7 +195,7 @@ def apply_parsed(
 
 
 @dataclass
-class _Writes:
+class Writes:
     new_apps: list[dict] = field(default_factory=list)
     changed_apps: list[dict] = field(default_factory=list)
     new_followups: list[dict] = field(default_factory=list)
@@ -246,14 +246,14 @@ def _fold_touched(
     return folds
 
 
-def _writes(
+def plan_writes(
     folds: Mapping[str, list[FoldStep]],
     existing_apps: Mapping[str, dict],
     existing_followups: Mapping[str, dict],
     report: BatchReport,
-) -> _Writes:
+) -> Writes:
     """The documents that change, from each touched application's fold."""
-    writes = _Writes()
+    writes = Writes()
     for app_id in sorted(folds):
         steps = folds[app_id]
         application = steps[-1].after
