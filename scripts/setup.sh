@@ -12,7 +12,7 @@ command -v java >/dev/null || missing+=(openjdk-17-jre-headless)
 command -v mvn >/dev/null || missing+=(maven)
 command -v patch >/dev/null || missing+=(patch)  # applies our FerretDB patches
 ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || missing+=(postgresql)
-command -v chromium >/dev/null || missing+=(chromium)  # the UI tests drive a real browser
+command -v chromium >/dev/null || missing+=(chromium fonts-liberation)  # the UI tests drive a real browser
 command -v chromedriver >/dev/null || missing+=(chromium-driver)
 if ! command -v mongod >/dev/null && ! command -v go >/dev/null; then
   echo "Neither mongod nor Go is installed: FerretDB is built with Go 1.22+" >&2; exit 1
