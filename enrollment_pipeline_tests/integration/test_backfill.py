@@ -4,6 +4,7 @@ services; the oracle is the pure fold of the events, as for ingestion."""
 from __future__ import annotations
 
 import gzip
+import uuid
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
@@ -120,11 +121,12 @@ def test_a_range_of_days_is_one_run_of_the_asset_from_s3(
 ):
     written = write_archive(tmp_path, 30, seed=9, start=START, gzipped=True)
     s3 = boto3.client("s3", region_name="us-east-1", endpoint_url=moto_endpoint)
-    s3.create_bucket(Bucket="history")
+    bucket = f"history-{uuid.uuid4().hex[:8]}"  # the moto server is shared by the module's tests
+    s3.create_bucket(Bucket=bucket)
     for path in tmp_path.iterdir():
-        s3.upload_file(str(path), "history", f"enrollment/{path.name}")
+        s3.upload_file(str(path), bucket, f"enrollment/{path.name}")
     archive = ArchiveResource(
-        root="s3://history/enrollment", region_name="us-east-1", endpoint_url=moto_endpoint
+        root=f"s3://{bucket}/enrollment", region_name="us-east-1", endpoint_url=moto_endpoint
     )
     first, last = min(written), sorted(written)[6]
     partitions = dg.DailyPartitionsDefinition(start_date="2024-01-01", timezone="UTC")

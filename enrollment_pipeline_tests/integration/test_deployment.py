@@ -215,9 +215,11 @@ query($s: SensorSelector!) {
 }"""
 
 
-def test_plain_dagster_dev_in_the_repository_root_needs_no_variable(tmp_path):
-    """The first thing a Dagster user types, with nothing exported and Kafka unreachable: the
-    UI loads, and the sensor's tick says which setting to fix."""
+def test_plain_dagster_dev_in_the_repository_root_needs_no_variable(services, tmp_path):
+    """The first thing a Dagster user types, with no Dagster variable exported and Kafka
+    unreachable: the UI loads, and the sensor's tick says which setting to fix. (MongoDB is
+    the session's, so the tick gets as far as Kafka; a tick without MongoDB names MONGO_URI,
+    tested in test_ingestion_dagster.py.)"""
     (port, dead) = free_ports(2)
     env = {
         k: v
@@ -225,6 +227,7 @@ def test_plain_dagster_dev_in_the_repository_root_needs_no_variable(tmp_path):
         if not k.startswith(("DAGSTER_", "KAFKA_", "MONGO_", "STACK_"))
     }
     env["KAFKA_BOOTSTRAP_SERVERS"] = f"127.0.0.1:{dead}"  # nothing listens there
+    env["MONGO_URI"] = services.mongo_uri
     log = tmp_path / "dagster-dev.log"
     process = subprocess.Popen(
         [str(BIN / "dagster"), "dev", "-p", str(port)],

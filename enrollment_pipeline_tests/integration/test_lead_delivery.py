@@ -148,9 +148,8 @@ def test_every_consenting_lead_arrives_once_in_order_through_the_sensor_and_job(
     assert committed == {
         p: e for p, e in pipeline.kafka.end_offsets(pipeline.lead_topic).items() if e
     }
-    assert pipeline.kafka.group_offsets(LEAD_INTEGRATION_GROUP) == {
-        (pipeline.lead_topic, p): o for p, o in committed.items()
-    }
+    in_kafka = pipeline.kafka.group_offsets(LEAD_INTEGRATION_GROUP)  # the group spans topics
+    assert {p: o for (t, p), o in in_kafka.items() if t == pipeline.lead_topic} == committed
     metadata = {k: v.value for k, v in materialization.metadata.items()}
     assert metadata["p95_latency_ms"] >= metadata["p50_latency_ms"] > 0
 
