@@ -305,6 +305,8 @@ def demo(applications: int, rate: float, port: int) -> None:
     """
     import signal
 
+    import requests
+
     from enrollment_pipeline.demo import Demo
 
     local = _stack()
@@ -347,7 +349,7 @@ def demo(applications: int, rate: float, port: int) -> None:
         console.print("[red]dagster dev exited[/]")
     except KeyboardInterrupt:
         pass
-    except RuntimeError as exc:
+    except (RuntimeError, requests.RequestException) as exc:  # DagsterApiError among them
         console.print(f"[red]✗ {exc}[/]")
     finally:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the cleanup

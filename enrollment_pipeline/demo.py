@@ -21,8 +21,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import requests
-
+from enrollment_pipeline.dagster_api import DagsterApi, followup_run_config
 from enrollment_pipeline.defs.kafka.resources import KafkaResource
 from enrollment_pipeline.defs.mongo.resources import APPLICATIONS, mongo_from_settings
 from enrollment_pipeline.sample_data import synthetic_events
@@ -31,21 +30,6 @@ from enrollment_pipeline.stack.local import LocalStack
 
 PROJECT = Path(__file__).resolve().parent.parent
 GRACE_S = 15.0
-
-START_SCHEDULE = """
-mutation($s: ScheduleSelector!) {
-  startSchedule(scheduleSelector: $s) {
-    __typename ... on ScheduleStateResult { scheduleState { status } }
-    ... on PythonError { message }
-  }
-}"""
-LAUNCH_RUN = """
-mutation($p: ExecutionParams!) {
-  launchRun(executionParams: $p) {
-    __typename ... on LaunchRunSuccess { run { runId } } ... on PythonError { message }
-  }
-}"""
-LOCATIONS = "query { workspaceOrError { ... on Workspace { locationEntries { name } } } }"
 
 
 class Trickle(threading.Thread):
@@ -147,47 +131,17 @@ class Demo:
 
     # -- talk to the UI ----------------------------------------------------------------------
 
-    def graphql(self, query: str, variables: dict | None = None) -> dict:
-        response = requests.post(
-            f"http://127.0.0.1:{self.port}/graphql",
-            json={"query": query, "variables": variables or {}},
-            timeout=30,
-        )
-        response.raise_for_status()
-        body = response.json()
-        if "errors" in body:
-            raise RuntimeError(str(body["errors"])[:500])
-        return body["data"]
+    @property
+    def api(self) -> DagsterApi:
+        return DagsterApi(self.port)
 
     def wait_for_ui(self, timeout_s: float = 120) -> None:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.dagster is not None and self.dagster.poll() is not None:
-                raise RuntimeError(f"dagster dev exited with {self.dagster.returncode}")
-            try:
-                if requests.get(f"http://127.0.0.1:{self.port}/server_info", timeout=2).ok:
-                    return
-            except requests.RequestException:
-                pass
-            time.sleep(1)
-        raise RuntimeError(f"the Dagster UI did not answer within {timeout_s:.0f} s")
-
-    def location(self) -> str:
-        entries = self.graphql(LOCATIONS)["workspaceOrError"]["locationEntries"]
-        return entries[0]["name"]
+        self.api.wait_until_up(
+            timeout_s, alive=lambda: self.dagster is not None and self.dagster.poll() is None
+        )
 
     def start_schedule(self) -> str:
-        result = self.graphql(
-            START_SCHEDULE,
-            {
-                "s": {
-                    "repositoryLocationName": self.location(),
-                    "repositoryName": "__repository__",
-                    "scheduleName": "hourly_broker_followups",
-                }
-            },
-        )["startSchedule"]
-        return result.get("scheduleState", {}).get("status") or result.get("message", "?")
+        return self.api.start_schedule("hourly_broker_followups")
 
     def wait_for_applications(self, timeout_s: float = 90) -> int:
         mongo = mongo_from_settings(PipelineSettings())
@@ -201,25 +155,9 @@ class Demo:
         return count
 
     def launch_followups(self) -> str:
+        """One follow-up run at now, so emails show without waiting for the hour."""
         as_of = datetime.now(UTC).isoformat()
-        result = self.graphql(
-            LAUNCH_RUN,
-            {
-                "p": {
-                    "selector": {
-                        "repositoryLocationName": self.location(),
-                        "repositoryName": "__repository__",
-                        "jobName": "send_broker_followups",
-                    },
-                    "runConfigData": {
-                        "ops": {"broker_followup_emails": {"config": {"as_of": as_of}}}
-                    },
-                }
-            },
-        )["launchRun"]
-        if result["__typename"] != "LaunchRunSuccess":
-            raise RuntimeError(result.get("message", result["__typename"]))
-        return result["run"]["runId"]
+        return self.api.launch_run("send_broker_followups", followup_run_config(as_of))
 
     # -- stop --------------------------------------------------------------------------------
 

@@ -6,14 +6,12 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-import requests
-
+from enrollment_pipeline.dagster_api import DagsterApi, DagsterApiError
 from enrollment_pipeline_tests.conftest import free_ports
 
 DAGSTER = Path(sys.executable).parent / "dagster"
@@ -31,22 +29,12 @@ class DagsterDev:
     def assert_alive(self) -> None:
         assert self.process.poll() is None, self.log_tail()
 
-    def graphql(self, query: str, variables: dict | None = None) -> dict:
-        response = requests.post(
-            f"http://127.0.0.1:{self.port}/graphql",
-            json={"query": query, "variables": variables or {}},
-            timeout=30,
-        )
-        response.raise_for_status()
-        body = response.json()
-        assert "errors" not in body, body
-        return body["data"]
+    @property
+    def api(self) -> DagsterApi:
+        return DagsterApi(self.port)
 
-    def location_name(self) -> str:
-        (location,) = self.graphql(
-            "query { workspaceOrError { ... on Workspace { locationEntries { name } } } }"
-        )["workspaceOrError"]["locationEntries"]
-        return location["name"]
+    def graphql(self, query: str, variables: dict | None = None) -> dict:
+        return self.api.graphql(query, variables)
 
 
 @contextmanager
@@ -64,16 +52,10 @@ def dagster_dev(env: dict[str, str], cwd: Path, *, timeout_s: float = 120) -> It
     )
     dev = DagsterDev(process, port, log)
     try:
-        deadline = time.monotonic() + timeout_s
-        while True:
-            dev.assert_alive()
-            assert time.monotonic() < deadline, "no UI: " + dev.log_tail()
-            try:
-                if requests.get(f"http://127.0.0.1:{port}/server_info", timeout=2).ok:
-                    break
-            except requests.ConnectionError:
-                pass
-            time.sleep(1)
+        try:
+            dev.api.wait_until_up(timeout_s, alive=lambda: process.poll() is None)
+        except DagsterApiError as exc:
+            raise AssertionError(f"{exc}\n{dev.log_tail()}") from exc
         yield dev
     finally:
         os.killpg(process.pid, signal.SIGTERM)

@@ -2,45 +2,51 @@
 
 Built from the environment (`PipelineSettings`) when the definitions load, so the values a run
 used show in the UI's resource page and a test can pass its own without touching the
-environment. Secrets are not here: they reach their resources through `dg.EnvVar`.
+environment. The defaults and the bounds are PipelineSettings' (the environment is where a
+value is checked). Secrets are not here: they reach their resources through `dg.EnvVar`.
 """
 
 from __future__ import annotations
 
 from datetime import timedelta
+from typing import Any
 
 import dagster as dg
-from pydantic import Field
 
 from enrollment_pipeline.domain.followup_rules import FollowupPolicy, parse_quiet_hours
 from enrollment_pipeline.settings import PipelineSettings
 
 
+def _default(name: str) -> Any:
+    """The environment's default for a setting: one place (PipelineSettings) defines each."""
+    return PipelineSettings.model_fields[name].default
+
+
 class PipelineSettingsResource(dg.ConfigurableResource):
     """Contract-6 topics and the limits of micro-batches, lead delivery and follow-ups."""
 
-    enrollment_topic: str = "enrollment-events"
-    lead_topic: str = "lead-integration-events"
+    enrollment_topic: str = _default("enrollment_topic")
+    lead_topic: str = _default("lead_topic")
 
-    ingest_max_events_per_run: int = Field(default=50_000, ge=1)
-    ingest_max_record_bytes: int = Field(default=1_000_000, ge=1)
-    ingest_max_range_attempts: int = Field(default=3, ge=1)
-    ingest_max_dead_letter_rate: float = Field(default=0.05, ge=0, le=1)
-    ingest_max_consumer_lag: int = Field(default=100_000, ge=0)
+    ingest_max_events_per_run: int = _default("ingest_max_events_per_run")
+    ingest_max_record_bytes: int = _default("ingest_max_record_bytes")
+    ingest_max_range_attempts: int = _default("ingest_max_range_attempts")
+    ingest_max_dead_letter_rate: float = _default("ingest_max_dead_letter_rate")
+    ingest_max_consumer_lag: int = _default("ingest_max_consumer_lag")
 
-    lead_max_per_run: int = Field(default=10_000, ge=1)
-    lead_max_range_attempts: int = Field(default=3, ge=1)
-    lead_run_budget_seconds: float = Field(default=600.0, gt=0)
-    lead_concurrency: int = Field(default=8, ge=1)
-    lead_park_minutes: float = Field(default=15.0, ge=0)
-    lead_max_parked: int = Field(default=0, ge=0)
+    lead_max_per_run: int = _default("lead_max_per_run")
+    lead_max_range_attempts: int = _default("lead_max_range_attempts")
+    lead_run_budget_seconds: float = _default("lead_run_budget_seconds")
+    lead_concurrency: int = _default("lead_concurrency")
+    lead_park_minutes: float = _default("lead_park_minutes")
+    lead_max_parked: int = _default("lead_max_parked")
 
-    followup_max_emails: int = Field(default=5, ge=1)
-    followup_interval_minutes: int = Field(default=60, ge=1)
-    followup_max_age_days: int = Field(default=30, ge=1)
-    followup_quiet_hours: str | None = None
-    email_max_per_second: float = Field(default=10.0, gt=0)
-    ops_email: str | None = None
+    followup_max_emails: int = _default("followup_max_emails")
+    followup_interval_minutes: int = _default("followup_interval_minutes")
+    followup_max_age_days: int = _default("followup_max_age_days")
+    followup_quiet_hours: str | None = _default("followup_quiet_hours")
+    email_max_per_second: float = _default("email_max_per_second")
+    ops_email: str | None = _default("ops_email")
 
     @classmethod
     def from_settings(cls, settings: PipelineSettings) -> PipelineSettingsResource:

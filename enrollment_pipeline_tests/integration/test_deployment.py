@@ -22,8 +22,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 import psycopg2
 import pytest
-import requests
 
+from enrollment_pipeline.dagster_api import DagsterApi, followup_run_config
 from enrollment_pipeline.sample_data import synthetic_events
 from enrollment_pipeline.settings import LEAD_INTEGRATION_GROUP, READ_MODEL_GROUP
 from enrollment_pipeline_tests.conftest import free_ports
@@ -34,13 +34,6 @@ pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 
-LAUNCH_RUN = """
-mutation($p: ExecutionParams!) {
-  launchRun(executionParams: $p) {
-    __typename ... on LaunchRunSuccess { run { runId } } ... on PythonError { message }
-  }
-}"""
-RUN_STATUS = "query($id: ID!) { runOrError(runId: $id) { ... on Run { status } } }"
 ASSET_METADATA = """
 query {
   assetOrError(assetKey: {path: ["broker_followup_emails"]}) {
@@ -60,18 +53,6 @@ def fresh_database(pg_url: str) -> str:
     connection.close()
     parts = urlsplit(pg_url)
     return urlunsplit(parts._replace(path=f"/{name}"))
-
-
-def graphql(port: int, query: str, variables: dict | None = None) -> dict:
-    response = requests.post(
-        f"http://127.0.0.1:{port}/graphql",
-        json={"query": query, "variables": variables or {}},
-        timeout=30,
-    )
-    response.raise_for_status()
-    body = response.json()
-    assert "errors" not in body, body
-    return body["data"]
 
 
 def wait_for(what: str, check, timeout_s: float, logs: list[Path]) -> None:
@@ -158,37 +139,11 @@ def test_webserver_and_daemon_run_the_pipeline_on_postgres_storage(
 
         # An operator launches the follow-up hour through the API, with its as_of.
         as_of = (datetime.now(UTC) + timedelta(hours=1)).replace(minute=0, second=0, microsecond=0)
-        wait_for(
-            "the webserver did not answer",
-            lambda: requests.get(f"http://127.0.0.1:{port}/server_info", timeout=2).ok,
-            60,
-            logs,
-        )
-        launched = graphql(
-            port,
-            LAUNCH_RUN,
-            {
-                "p": {
-                    "selector": {
-                        "repositoryLocationName": "enrollment_pipeline",
-                        "repositoryName": "__repository__",
-                        "jobName": "send_broker_followups",
-                    },
-                    "runConfigData": {
-                        "ops": {"broker_followup_emails": {"config": {"as_of": as_of.isoformat()}}}
-                    },
-                }
-            },
-        )["launchRun"]
-        assert launched["__typename"] == "LaunchRunSuccess", launched
-        run_id = launched["run"]["runId"]
-        wait_for(
-            "the follow-up run did not succeed",
-            lambda: graphql(port, RUN_STATUS, {"id": run_id})["runOrError"]["status"] == "SUCCESS",
-            180,
-            logs,
-        )
-        (materialization,) = graphql(port, ASSET_METADATA)["assetOrError"]["assetMaterializations"]
+        api = DagsterApi(port)
+        wait_for("the webserver did not answer", api.is_up, 60, logs)
+        run_id = api.launch_run("send_broker_followups", followup_run_config(as_of.isoformat()))
+        assert api.wait_for_run(run_id, 180) == "SUCCESS", logs[1].read_text()[-2500:]
+        (materialization,) = api.graphql(ASSET_METADATA)["assetOrError"]["assetMaterializations"]
         assert materialization["runId"] == run_id
         metadata = {e["label"]: e.get("intValue") for e in materialization["metadataEntries"]}
         assert metadata["sent"] == len(inbox.messages) > 0
@@ -238,15 +193,9 @@ def test_plain_dagster_dev_in_the_repository_root_needs_no_variable(services, tm
         stderr=subprocess.STDOUT,
     )
     try:
-
-        def ui_up() -> bool:
-            assert process.poll() is None, log.read_text()[-3000:]
-            try:
-                return requests.get(f"http://127.0.0.1:{port}/server_info", timeout=2).ok
-            except requests.ConnectionError:
-                return False
-
-        wait_for("the UI did not answer", ui_up, 120, [log])
+        api = DagsterApi(port)
+        wait_for("the UI did not answer", api.is_up, 120, [log])
+        assert process.poll() is None, log.read_text()[-3000:]
         selector = {
             "repositoryLocationName": "enrollment_pipeline",
             "repositoryName": "__repository__",
@@ -255,7 +204,7 @@ def test_plain_dagster_dev_in_the_repository_root_needs_no_variable(services, tm
 
         def failed_tick() -> str:
             """The first failed tick's error, with its causes, as the tick's page shows it."""
-            state = graphql(port, SENSOR_TICKS, {"s": selector})["sensorOrError"]["sensorState"]
+            state = api.graphql(SENSOR_TICKS, {"s": selector})["sensorOrError"]["sensorState"]
             for tick in state["ticks"]:
                 if tick["status"] == "FAILURE":
                     chain, error = [], tick["error"]

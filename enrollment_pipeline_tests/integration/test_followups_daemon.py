@@ -62,18 +62,7 @@ def test_the_daemon_ticks_the_schedule_and_the_metadata_reads_back(
         "FOLLOWUP_SCHEDULE_CRON": "* * * * *",
     }
     with dagster_dev(env, tmp_path) as dev:
-        started = dev.graphql(
-            """mutation($s: ScheduleSelector!) { startSchedule(scheduleSelector: $s) {
-                 __typename ... on ScheduleStateResult { scheduleState { status } } } }""",
-            {
-                "s": {
-                    "repositoryLocationName": dev.location_name(),
-                    "repositoryName": "__repository__",
-                    "scheduleName": "hourly_broker_followups",
-                }
-            },
-        )["startSchedule"]
-        assert started["scheduleState"]["status"] == "RUNNING", started
+        assert dev.api.start_schedule("hourly_broker_followups") == "RUNNING"
 
         deadline = time.monotonic() + 180
         metadata: dict = {}

@@ -21,6 +21,7 @@ from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
+from enrollment_pipeline.dagster_api import followup_run_config
 from enrollment_pipeline.defs.mongo.resources import APPLICATIONS
 from enrollment_pipeline.sample_data import synthetic_events
 from enrollment_pipeline_tests.dagster_dev import DagsterDev, dagster_dev
@@ -28,13 +29,6 @@ from enrollment_pipeline_tests.pipeline import Pipeline
 
 pytestmark = pytest.mark.integration
 
-LAUNCH_RUN = """
-mutation($p: ExecutionParams!) {
-  launchRun(executionParams: $p) {
-    __typename ... on LaunchRunSuccess { run { runId } } ... on PythonError { message }
-  }
-}"""
-RUN_STATUS = "query($id: ID!) { runOrError(runId: $id) { ... on Run { status } } }"
 # Dagster's first-visit dialog ("Join the Dagster community") and its way out.
 NEWSLETTER_SKIP = "//button[normalize-space()='Skip']"
 
@@ -107,31 +101,9 @@ def body_with(driver: webdriver.Chrome, *texts: str) -> str | bool:
 
 
 def launch_followups(dev: DagsterDev, as_of: datetime) -> str:
-    launched = dev.graphql(
-        LAUNCH_RUN,
-        {
-            "p": {
-                "selector": {
-                    "repositoryLocationName": dev.location_name(),
-                    "repositoryName": "__repository__",
-                    "jobName": "send_broker_followups",
-                },
-                "runConfigData": {
-                    "ops": {"broker_followup_emails": {"config": {"as_of": as_of.isoformat()}}}
-                },
-            }
-        },
-    )["launchRun"]
-    assert launched["__typename"] == "LaunchRunSuccess", launched
-    run_id = launched["run"]["runId"]
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        status = dev.graphql(RUN_STATUS, {"id": run_id})["runOrError"]["status"]
-        if status in ("SUCCESS", "FAILURE", "CANCELED"):
-            assert status == "SUCCESS", dev.log_tail()
-            return run_id
-        time.sleep(2)
-    raise AssertionError("the follow-up run did not finish: " + dev.log_tail())
+    run_id = dev.api.launch_run("send_broker_followups", followup_run_config(as_of.isoformat()))
+    assert dev.api.wait_for_run(run_id, 180) == "SUCCESS", dev.log_tail()
+    return run_id
 
 
 def test_the_ui_shows_the_lineage_a_run_and_the_plotted_follow_up_numbers(
