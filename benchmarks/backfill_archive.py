@@ -25,7 +25,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import dagster as dg
-from pymongo import MongoClient
+from pymongo import MongoClient, UpdateOne
 
 from enrollment_pipeline.defs.archive.resources import ArchiveResource
 from enrollment_pipeline.defs.history.assets import (
@@ -37,6 +37,8 @@ from enrollment_pipeline.defs.mongo.resources import (
     mongo_from_settings,
 )
 from enrollment_pipeline.defs.pipeline_settings import PipelineSettingsResource
+from enrollment_pipeline.lib.backfill import rebuild_read_model
+from enrollment_pipeline.lib.mongo.store import EnrollmentStore
 from enrollment_pipeline.sample_data import write_archive
 from enrollment_pipeline.settings import PipelineSettings
 
@@ -63,6 +65,9 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=500_000)
     parser.add_argument("--seed", type=int, default=31)
     parser.add_argument("--days", type=int, default=365, help="Days the submissions span.")
+    parser.add_argument(
+        "--rebuild", action="store_true", help="Then time rebuild_read_model over the result."
+    )
     args = parser.parse_args()
     print(f"$ {' '.join([sys.executable.rsplit('/', 1)[-1], *sys.argv])}")
 
@@ -126,6 +131,32 @@ def main() -> None:
             f"peak memory of the run    {sampler.peak:>10,.0f} MB resident "
             f"(process peak {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:,.0f} MB)"
         )
+        if args.rebuild:
+            # A projection change, as the rebuild meets it: every document differs from the fold.
+            app_ids = [d["_id"] for d in mongo.db()[APPLICATIONS].find({}, {"_id": 1})]
+            started = time.perf_counter()
+            mongo.writer().bulk_write(
+                mongo.db()[APPLICATIONS],
+                [UpdateOne({"_id": i}, {"$set": {"status": "STALE"}}) for i in app_ids],
+            )
+            print(
+                f"documents made stale      {len(app_ids):>10,} in "
+                f"{time.perf_counter() - started:.1f} s (bounded update commands)"
+            )
+            rebuild_sampler = PeakMemory()
+            rebuild_sampler.start()
+            started = time.perf_counter()
+            rebuilt = rebuild_read_model(EnrollmentStore.of(mongo))
+            seconds = time.perf_counter() - started
+            rebuild_sampler.stopped.set()
+            assert rebuilt.documents_changed == len(app_ids), rebuilt
+            print(
+                f"rebuild_read_model        {seconds:>10.1f} s for {rebuilt.applications:,} "
+                f"applications / {rebuilt.events:,} events ({rebuilt.events / seconds:,.0f} "
+                f"events/s); created {rebuilt.documents_created}, changed "
+                f"{rebuilt.documents_changed} in {rebuilt.passes} passes; "
+                f"peak {rebuild_sampler.peak:,.0f} MB"
+            )
     finally:
         sampler.stopped.set()
         shutil.rmtree(folder, ignore_errors=True)

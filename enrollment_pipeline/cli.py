@@ -616,8 +616,8 @@ def _redrive_leads(settings, kafka, store, letter_ids: list[str] | None) -> None
     click.echo(
         f"leads delivered: {report.redriven}; refused again: {report.permanently_failed}; "
         f"parked again: {report.parked} (+{report.parked_behind} behind); "
-        f"still waiting: {report.open_by_status.get('PARKED', 0)} parked, "
-        f"{report.open_by_status.get('FAILED', 0)} failed"
+        f"still waiting: {report.waiting.get('PARKED', 0)} parked, "
+        f"{report.waiting.get('FAILED', 0)} failed"
     )
 
 

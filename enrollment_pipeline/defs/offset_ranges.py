@@ -83,7 +83,8 @@ def offset_range_sensor(
     topic: Callable[[PipelineSettingsResource], str],
     max_events: Callable[[PipelineSettingsResource], int],
     max_attempts: Callable[[PipelineSettingsResource], int],
-    run_config: Callable[[RangePlan], dg.RunConfig],
+    op_name: str,
+    config_class: type[OffsetRangeConfig] = OffsetRangeConfig,
     description: str,
     when_idle: Callable[
         [dg.SensorEvaluationContext, MongoResource, PipelineSettingsResource],
@@ -92,7 +93,8 @@ def offset_range_sensor(
     | None = None,
     minimum_interval_seconds: int = 15,
 ) -> dg.SensorDefinition:
-    """A sensor that keeps `group` caught up on `topic` by launching `job` over exact ranges.
+    """A sensor that keeps `group` caught up on `topic` by launching `job` over exact ranges;
+    the range goes to the op `op_name` as its `config_class` (an `OffsetRangeConfig`).
 
     `when_idle` may ask for a run when nothing is lagging (lead delivery retries its parked
     leads that way).
@@ -142,7 +144,13 @@ def offset_range_sensor(
             run_requests=[
                 dg.RunRequest(
                     run_key=f"{plan.key}#{','.join(str(r.end) for r in plan.ranges)}#{attempt}",
-                    run_config=run_config(plan),
+                    run_config=dg.RunConfig(
+                        ops={
+                            op_name: config_class(
+                                topic=plan.topic, ranges=OffsetRangeConfig.ranges_of(plan)
+                            )
+                        }
+                    ),
                     tags={
                         RANGE_TAG: plan.key,
                         PARTITIONS_TAG: ",".join(str(p) for p in plan.partitions),

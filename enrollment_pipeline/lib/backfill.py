@@ -11,6 +11,7 @@ size of a day's file.
 from __future__ import annotations
 
 import time
+from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
@@ -26,6 +27,9 @@ from enrollment_pipeline.domain.events import (
 from enrollment_pipeline.domain.projection import fold_history
 from enrollment_pipeline.lib.ingestion.batch import BatchReport, Source, apply_parsed, plan_writes
 from enrollment_pipeline.lib.mongo.store import DeadLetter, EnrollmentStore
+
+# Documents a streamed read asks for at a time: each getMore stays a short command.
+_STREAM_BATCH = 2_000
 
 PublishLeads = Callable[[list[tuple[bytes, bytes]]], None]
 
@@ -126,36 +130,75 @@ class RebuildReport:
     documents_changed: int = 0
     documents_created: int = 0
     followups_written: int = 0
+    passes: int = 0  # streamed reads of the event store after the counting one
     seconds: float = 0.0
 
 
-def rebuild_read_model(store: EnrollmentStore, *, page_size: int = 500) -> RebuildReport:
-    """Refold every application of the event store, a page of applications at a time, and
-    write what differs (the fold-owned follow-up fields only)."""
+def rebuild_read_model(
+    store: EnrollmentStore, *, events_per_pass: int = 50_000, page_size: int = 500
+) -> RebuildReport:
+    """Refold every application of the event store and write what differs (the fold-owned
+    follow-up fields only).
+
+    The store is read by streaming it, never by one big query: a `$group` or a `$in` over
+    hundreds of thousands of events is a single command that FerretDB answers only after
+    scanning everything in Go, longer than MONGO_TIMEOUT_MS. A first pass counts each
+    application's events; the applications are then split into buckets of at most
+    `events_per_pass` events, and each bucket is one more streamed pass that keeps only its
+    own events in memory, so memory stays bounded whatever the store's size.
+    """
     started = time.monotonic()
     report = RebuildReport()
-    app_ids = sorted(
-        row["_id"]
-        for row in store.db[ENROLLMENT_EVENTS].aggregate([{"$group": {"_id": "$application_id"}}])
+    events = store.db[ENROLLMENT_EVENTS]
+    counts: Counter[str] = Counter(
+        doc["application_id"]
+        for doc in events.find({}, {"application_id": 1, "_id": 0}).batch_size(_STREAM_BATCH)
     )
-    for page in _pages(app_ids, page_size):
-        histories = store.events_of(page)
-        folds = {app: fold_history(app, histories[app]) for app in page if histories[app]}
-        existing_apps = store.applications(folds)
-        writes = plan_writes(folds, existing_apps, store.followups(folds), BatchReport())
-        store.write_applications(writes.new_apps, writes.changed_apps)
-        store.write_followups(writes.new_followups, writes.followup_updates)
-        report.applications += len(folds)
-        report.events += sum(len(events) for events in histories.values())
-        report.documents_created += len(writes.new_apps)
-        report.documents_changed += len(writes.changed_apps)
-        report.followups_written += len(writes.new_followups) + len(writes.followup_updates)
-    orphans = set(store.db[APPLICATIONS].distinct("_id")) - set(app_ids)
-    if orphans:  # documents without a stored event cannot be the fold of anything
-        store.db[APPLICATIONS].delete_many({"_id": {"$in": sorted(orphans)}})
-        report.documents_changed += len(orphans)
+    for bucket in _buckets(counts, events_per_pass):
+        report.passes += 1
+        histories: dict[str, list[EnrollmentEvent]] = defaultdict(list)
+        for doc in events.find({}, {"application_id": 1, "event": 1}).batch_size(_STREAM_BATCH):
+            if doc["application_id"] in bucket:
+                histories[doc["application_id"]].append(EnrollmentEvent.from_document(doc["event"]))
+        for page in _pages(sorted(bucket), page_size):
+            folds = {app: fold_history(app, histories.pop(app)) for app in page}
+            existing_apps = store.applications(folds)
+            writes = plan_writes(folds, existing_apps, store.followups(folds), BatchReport())
+            store.write_applications(writes.new_apps, writes.changed_apps)
+            store.write_followups(writes.new_followups, writes.followup_updates)
+            report.applications += len(folds)
+            report.events += sum(counts[app] for app in page)
+            report.documents_created += len(writes.new_apps)
+            report.documents_changed += len(writes.changed_apps)
+            report.followups_written += len(writes.new_followups) + len(writes.followup_updates)
+    # Documents without a stored event cannot be the fold of anything.
+    orphans = [
+        doc["_id"]
+        for doc in store.db[APPLICATIONS].find({}, {"_id": 1}).batch_size(_STREAM_BATCH)
+        if doc["_id"] not in counts
+    ]
+    for chunk in _pages(orphans, 1_000):
+        store.db[APPLICATIONS].delete_many({"_id": {"$in": chunk}})
+    report.documents_changed += len(orphans)
     report.seconds = time.monotonic() - started
     return report
+
+
+def _buckets(counts: Counter[str], events_per_pass: int) -> list[set[str]]:
+    """Applications in id order, cut into sets of at most `events_per_pass` events (an
+    application with more goes alone)."""
+    buckets: list[set[str]] = []
+    current: set[str] = set()
+    size = 0
+    for app in sorted(counts):
+        if current and size + counts[app] > events_per_pass:
+            buckets.append(current)
+            current, size = set(), 0
+        current.add(app)
+        size += counts[app]
+    if current:
+        buckets.append(current)
+    return buckets
 
 
 def _pages(items: Sequence[str], size: int) -> Iterable[list[str]]:

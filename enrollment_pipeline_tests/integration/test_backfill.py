@@ -179,8 +179,11 @@ def test_rebuild_after_losing_applications_keeps_the_email_history(
     assert any(f.get("retry_count") for f in before_followups.values())
 
     pipeline.mongo.db()[APPLICATIONS].delete_many({})
-    report = rebuild_read_model(pipeline.store, page_size=7)
+    # Small passes and pages: the store is read in several streamed passes, as a big one is.
+    report = rebuild_read_model(pipeline.store, events_per_pass=40, page_size=7)
 
+    assert report.passes > 3
+    assert report.events == pipeline.mongo.db()["enrollment_events"].count_documents({})
     assert report.documents_created == len(before_apps)
     assert read_model(pipeline) == (before_apps, before_followups)
     again = rebuild_read_model(pipeline.store)

@@ -11,6 +11,7 @@ import json
 import threading
 import time
 from collections import defaultdict
+from datetime import timedelta
 
 import dagster as dg
 import pytest
@@ -456,3 +457,37 @@ def test_the_operator_redrives_a_refused_lead_from_the_command_line(
     ]
     assert a_arrived == [x["lead_event_id"] for x in published if x["application_id"] == "APP-A"]
     assert {d["status"] for d in deliveries_of(pipeline).values()} == {"DELIVERED"}
+
+
+def test_a_parked_head_that_goes_through_leaves_the_next_one_at_the_head(
+    pipeline: Pipeline, httpserver
+):
+    published = publish(pipeline, three_leads("APP-A"))
+    first, second, third = [x["lead_event_id"] for x in published]
+    down: set[str] = {first}
+    arrived: list[str] = []
+
+    def crm(request: Request) -> Response:
+        lead_id = request.get_json()["lead_event_id"]
+        if lead_id in down:
+            return Response("busy", status=503)
+        arrived.append(lead_id)
+        return Response("{}", status=201)
+
+    httpserver.expect_request("/leads", method="POST").respond_with_handler(crm)
+    crm_client = client(httpserver.url_for("/"), max_attempts=1)
+    retry_now = timedelta(0)
+
+    deliver(pipeline, crm_client, park_for=retry_now)
+    assert deliveries_of(pipeline)[third]["blocked_by"] == first
+
+    down = {second}  # the first goes through, the second runs out of attempts
+    report = deliver(pipeline, crm_client, park_for=retry_now)
+    assert (report.delivered, report.parked) == (1, 1)
+    states = deliveries_of(pipeline)
+    assert states[second]["parked_reason"] == "retries_exhausted"
+    assert (states[third]["parked_reason"], states[third]["blocked_by"]) == ("behind", second)
+
+    down = set()
+    deliver(pipeline, crm_client, park_for=retry_now)
+    assert arrived == [first, second, third]

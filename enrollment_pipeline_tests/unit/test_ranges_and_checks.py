@@ -45,3 +45,15 @@ def test_dead_letter_rate_threshold(rejected, total, passed):
 @pytest.mark.parametrize(("left", "passed"), [(0, True), (100, True), (101, False)])
 def test_consumer_lag_threshold(left, passed):
     assert lag_result(left, threshold=100).passed is passed
+
+
+def test_rebuild_buckets_hold_at_most_the_events_of_one_pass():
+    from collections import Counter
+
+    from enrollment_pipeline.lib.backfill import _buckets
+
+    counts = Counter({"APP-1": 3, "APP-2": 4, "APP-3": 2, "APP-4": 9, "APP-5": 1})
+    buckets = _buckets(counts, 7)
+    assert buckets == [{"APP-1", "APP-2"}, {"APP-3"}, {"APP-4"}, {"APP-5"}]
+    assert set().union(*buckets) == set(counts)  # every application, once
+    assert _buckets(Counter(), 7) == []

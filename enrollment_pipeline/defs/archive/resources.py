@@ -55,7 +55,8 @@ class ArchiveResource(ResourceWithBoto3Configuration):
         return bucket, prefix.strip("/")
 
     def _s3(self):
-        return boto3_client(self, "s3")
+        # A stalled S3 read fails the run instead of waiting (botocore waits 60 s by default).
+        return boto3_client(self, "s3", connect_timeout=10, read_timeout=30)
 
     def files_for_day(self, day: date) -> list[str]:
         """Names of the day's files that exist (none is an empty day, not an error)."""

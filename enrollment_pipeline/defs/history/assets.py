@@ -126,6 +126,7 @@ def refold_every_application(context: dg.OpExecutionContext, mongo: MongoResourc
                 "documents_changed": report.documents_changed,
                 "documents_created": report.documents_created,
                 "followups_written": report.followups_written,
+                "passes_over_the_event_store": report.passes,
                 "seconds": round(report.seconds, 1),
             },
         )

@@ -25,16 +25,16 @@ def crm_leads_spec() -> dg.AssetSpec:
     )
 
 
-def parked_result(open_by_status: dict[str, int], threshold: int) -> dg.AssetCheckResult:
-    waiting = open_by_status.get(PARKED, 0) + open_by_status.get(FAILED, 0)
+def parked_result(waiting_by_status: dict[str, int], threshold: int) -> dg.AssetCheckResult:
+    waiting = waiting_by_status.get(PARKED, 0) + waiting_by_status.get(FAILED, 0)
     return dg.AssetCheckResult(
         check_name=PARKED_CHECK.name,
         asset_key=CRM_LEADS,
         passed=waiting <= threshold,
         severity=dg.AssetCheckSeverity.WARN,
         metadata={
-            "parked": open_by_status.get(PARKED, 0),
-            "failed": open_by_status.get(FAILED, 0),
+            "parked": waiting_by_status.get(PARKED, 0),
+            "failed": waiting_by_status.get(FAILED, 0),
             "threshold": threshold,
         },
         description="Leads not delivered: re-drive with a `redrive: true` run or "
@@ -46,5 +46,5 @@ def parked_result(open_by_status: dict[str, int], threshold: int) -> dg.AssetChe
 def parked_leads(mongo: MongoResource, settings: PipelineSettingsResource) -> dg.AssetCheckResult:
     """Leads parked or refused by the CRM, waiting for a retry or a fix (LEAD_MAX_PARKED)."""
     with mongo.explained_errors():
-        counts = LeadDeliveryStore(mongo.db()).count_by_status()
+        counts = LeadDeliveryStore(mongo.db()).count_waiting()
     return parked_result(counts, settings.lead_max_parked)

@@ -72,7 +72,7 @@ def deliver_lead_range(
     yield dg.MaterializeResult(
         asset_key=CRM_LEADS, metadata=run_metadata(report, range_metadata(plan))
     )
-    context.log_event(as_evaluation(parked_result(report.open_by_status, settings.lead_max_parked)))
+    context.log_event(as_evaluation(parked_result(report.waiting, settings.lead_max_parked)))
     for error in report.kafka_commit_errors:
         context.log.warning(f"Kafka group offset commit failed (Mongo holds them): {error}")
     context.log.info(
@@ -100,8 +100,8 @@ def run_metadata(report: DeliveryReport, ranges: dict[str, str]) -> dict:
         "dead_lettered": report.dead_lettered,
         "p50_latency_ms": round(report.latency_ms(0.50), 1),
         "p95_latency_ms": round(report.latency_ms(0.95), 1),
-        "waiting_parked": report.open_by_status.get("PARKED", 0),
-        "waiting_failed": report.open_by_status.get("FAILED", 0),
+        "waiting_parked": report.waiting.get("PARKED", 0),
+        "waiting_failed": report.waiting.get("FAILED", 0),
     }
 
 

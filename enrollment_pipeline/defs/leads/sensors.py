@@ -14,21 +14,14 @@ from enrollment_pipeline.defs.mongo.resources import MongoResource
 from enrollment_pipeline.defs.offset_ranges import (
     FAILED,
     IN_FLIGHT,
-    OffsetRangeConfig,
     offset_range_sensor,
 )
 from enrollment_pipeline.defs.pipeline_settings import PipelineSettingsResource
 from enrollment_pipeline.domain.events import to_utc
-from enrollment_pipeline.domain.offset_ranges import RangePlan
 from enrollment_pipeline.lib.mongo.lead_store import LeadDeliveryStore
 from enrollment_pipeline.settings import LEAD_INTEGRATION_GROUP
 
 RETRY_TAG = "leads/retry_parked_at"
-
-
-def _run_config(plan: RangePlan) -> dg.RunConfig:
-    config = DeliverLeadsConfig(topic=plan.topic, ranges=OffsetRangeConfig.ranges_of(plan))
-    return dg.RunConfig(ops={"deliver_lead_range": config})
 
 
 def _retry_parked(
@@ -64,7 +57,8 @@ lead_events_sensor = offset_range_sensor(
     topic=lambda settings: settings.lead_topic,
     max_events=lambda settings: settings.lead_max_per_run,
     max_attempts=lambda settings: settings.lead_max_range_attempts,
-    run_config=_run_config,
+    op_name="deliver_lead_range",
+    config_class=DeliverLeadsConfig,
     when_idle=_retry_parked,
     description="Launch a delivery run over the lead-integration-events offsets not yet "
     "delivered, or for parked leads whose retry time has come.",

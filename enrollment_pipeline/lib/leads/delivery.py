@@ -124,7 +124,7 @@ class DeliveryReport:
     latencies_s: list[float] = field(default_factory=list)
     committed: dict[int, int] = field(default_factory=dict)
     kafka_commit_errors: list[str] = field(default_factory=list)
-    open_by_status: dict[str, int] = field(default_factory=dict)
+    waiting: dict[str, int] = field(default_factory=dict)
 
     def latency_ms(self, quantile: float) -> float:
         if not self.latencies_s:
@@ -195,7 +195,7 @@ def deliver_range(
             kafka, store, [LEAD_INTEGRATION_GROUP], plan.topic, offsets, run_id=run_id
         )
         report.committed = offsets
-    report.open_by_status = deliveries.count_by_status()
+    report.waiting = deliveries.count_waiting()
     if crm_down:
         raise CrmUnavailableError(
             f"the CRM at {crm.base_url} took none of the last leads ({crm_down}); "
@@ -352,7 +352,16 @@ def _record(
         }
         if result.blocked_by is not None:
             if before.get("status") in (PARKED, FAILED):
-                continue  # still waiting where it was
+                if before.get("parked_reason") == BEHIND and before.get("blocked_by") != (
+                    result.blocked_by
+                ):  # still waiting, now behind another lead (the earlier one went through)
+                    updates.append(
+                        UpdateOne(
+                            {"_id": lead.lead_event_id},
+                            {"$set": {"blocked_by": result.blocked_by, "updated_at": now}},
+                        )
+                    )
+                continue
             report.parked_behind += 1
             updates.append(
                 _upsert(
