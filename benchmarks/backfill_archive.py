@@ -34,6 +34,7 @@ from enrollment_pipeline.defs.history.assets import (
 )
 from enrollment_pipeline.defs.kafka.resources import KafkaResource
 from enrollment_pipeline.defs.mongo.resources import (
+    APPLICATIONS,
     mongo_from_settings,
 )
 from enrollment_pipeline.defs.pipeline_settings import PipelineSettingsResource
