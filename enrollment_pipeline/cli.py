@@ -310,7 +310,7 @@ def demo(applications: int, rate: float, port: int) -> None:
     from enrollment_pipeline.demo import Demo
 
     local = _stack()
-    demo = Demo(local, port, console.print)
+    demo = Demo(local, port)
 
     def interrupt(signum, frame):
         raise KeyboardInterrupt

@@ -79,7 +79,6 @@ def _default_signals() -> None:
 class Demo:
     stack: LocalStack
     port: int
-    say: Callable[[str], None]
     started_services: list[str] = field(default_factory=list)
     dagster: subprocess.Popen | None = None
     trickle: Trickle | None = None
