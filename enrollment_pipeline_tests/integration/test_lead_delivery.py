@@ -19,9 +19,10 @@ from pytest_httpserver import HTTPServer
 from werkzeug import Request, Response
 
 from enrollment_pipeline.defs.crm.resources import CrmClient
+from enrollment_pipeline.defs.kafka.resources import KafkaResource
 from enrollment_pipeline.defs.leads.jobs import deliver_leads
 from enrollment_pipeline.defs.leads.sensors import lead_events_sensor
-from enrollment_pipeline.defs.mongo.resources import DEAD_LETTERS, LEAD_DELIVERIES
+from enrollment_pipeline.defs.mongo.resources import DEAD_LETTERS, LEAD_DELIVERIES, MongoResource
 from enrollment_pipeline.defs.offset_ranges import ATTEMPT_TAG
 from enrollment_pipeline.domain.offset_ranges import PartitionRange, RangePlan
 from enrollment_pipeline.lib.leads.delivery import DeliveryReport, deliver_range
@@ -31,7 +32,11 @@ from enrollment_pipeline.settings import LEAD_INTEGRATION_GROUP
 from enrollment_pipeline.stack.crm import LocalCrm
 from enrollment_pipeline_tests import factories as f
 from enrollment_pipeline_tests.jobs import run_job
-from enrollment_pipeline_tests.pipeline import Pipeline, expected_state
+from enrollment_pipeline_tests.pipeline import (
+    Pipeline,
+    assert_read_model_is_the_fold,
+    expected_state,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -389,8 +394,6 @@ def test_a_down_crm_fails_the_run_then_parked_leads_are_retried_by_the_sensor(
 
 
 def test_a_failing_range_is_requested_again_then_reported(pipeline: Pipeline, local_crm):
-    from enrollment_pipeline.defs.mongo.resources import MongoResource
-
     publish(pipeline, [f.submitted(f"APP-{i}", i) for i in range(4)])
     resources = {**pipeline.resources(lead_max_range_attempts=2), "crm": client(local_crm.url)}
     broken = {
@@ -491,3 +494,68 @@ def test_a_parked_head_that_goes_through_leaves_the_next_one_at_the_head(
     down = set()
     deliver(pipeline, crm_client, park_for=retry_now)
     assert arrived == [first, second, third]
+
+
+def test_thousands_of_waiting_leads_are_redriven_in_one_run_while_ingestion_writes(
+    pipeline: Pipeline, threaded_httpserver: HTTPServer
+):
+    """At the scale of a CRM outage: every application's leads wait (thousands of new delivery
+    records), then one redrive run rewrites all of them while an ingestion run writes the read
+    model at the same time."""
+    first = list(synthetic_events(1_000, seed=21, start=f.T0))
+    pipeline.produce(first)
+    pipeline.ingest()
+    published = pipeline.leads()
+    assert len(published) > 1_000
+    refusing = True
+    arrived: list[dict] = []
+    lock = threading.Lock()
+
+    def crm(request: Request) -> Response:
+        if refusing:
+            return Response('{"error": "maintenance"}', status=422)
+        with lock:
+            arrived.append(request.get_json())
+        return Response("{}", status=201)
+
+    threaded_httpserver.expect_request("/leads", method="POST").respond_with_handler(crm)
+    crm_client = client(threaded_httpserver.url_for("/"))
+    refused = deliver(pipeline, crm_client)
+    applications = {x["application_id"] for x in published}
+    assert refused.permanently_failed == len(applications)
+    assert refused.permanently_failed + refused.parked_behind == len(published)
+
+    # Meanwhile more events arrive and an ingestion run writes the read model.
+    later = list(synthetic_events(1_000, seed=22, start=f.T0, first_application_number=5_001))
+    pipeline.produce(later)
+    # Its own clients, as another run's process would have.
+    writer = Pipeline(
+        KafkaResource(bootstrap_servers=pipeline.kafka.bootstrap_servers),
+        MongoResource(uri=pipeline.mongo.uri, database=pipeline.mongo.database),
+        pipeline.topic,
+        pipeline.lead_topic,
+    )
+    ingestion = threading.Thread(target=writer.ingest)
+    refusing = False
+    ingestion.start()
+    redriven = deliver_range(  # no range: the waiting leads only (new ones come next run)
+        pipeline.kafka,
+        pipeline.store,
+        LeadDeliveryStore(pipeline.mongo.db(), pipeline.mongo.writer()),
+        crm_client,
+        None,
+        redrive=True,
+    )
+    ingestion.join(timeout=300)
+    assert not ingestion.is_alive()
+
+    assert redriven.redriven == len(published)
+    assert {d["status"] for d in deliveries_of(pipeline).values()} == {"DELIVERED"}
+    in_topic: dict[str, list[str]] = defaultdict(list)
+    for lead in published:
+        in_topic[lead["application_id"]].append(lead["lead_event_id"])
+    received: dict[str, list[str]] = defaultdict(list)
+    for lead in arrived:
+        received[lead["application_id"]].append(lead["lead_event_id"])
+    assert received == in_topic  # each once, in order per application
+    assert_read_model_is_the_fold(pipeline, first + later)
