@@ -183,22 +183,26 @@ def test_the_token_and_the_contact_never_reach_logs_metadata_or_run_config(
 
 
 class FlappingCrm:
-    """Every other request 500, every fifth a 429 with Retry-After, one stall past the client's
-    read timeout; otherwise 201, or 409 for a key it took already. Logs what each key got."""
+    """Flaps the same way for every lead, whatever the interleaving of concurrent requests:
+    each key's first request gets a 500, every other key's second a 429 with Retry-After, and
+    one request (the sixth) stalls past the client's read timeout; otherwise 201, or 409 for a
+    key it took already. Logs what each key got."""
 
     def __init__(self, stall_s: float) -> None:
         self.stall_s, self.count, self.stalled = stall_s, 0, False
         self.taken: set[str] = set()
         self.answers: dict[str, list[str]] = defaultdict(list)
+        self.order: dict[str, int] = {}  # in which order the keys first came
         self.lock = threading.Lock()
 
     def __call__(self, request: Request) -> Response:
         key = request.headers["Idempotency-Key"]
         with self.lock:
             self.count += 1
-            n = self.count
-            stall = not self.stalled and n == 6
+            stall = not self.stalled and self.count == 6
             self.stalled = self.stalled or stall
+            attempt = len(self.answers[key]) + 1
+            throttled = self.order.setdefault(key, len(self.order)) % 2 == 0
         if stall:
             with self.lock:
                 self.taken.add(key)
@@ -206,12 +210,12 @@ class FlappingCrm:
             time.sleep(self.stall_s)  # the client gave up; the CRM took the lead anyway
             return Response("{}", status=201)
         with self.lock:
-            if n % 5 == 0:
-                self.answers[key].append("429")
-                return Response("slow down", status=429, headers={"Retry-After": "1"})
-            if n % 2 == 1:
+            if attempt == 1:
                 self.answers[key].append("500")
                 return Response("oops", status=500)
+            if attempt == 2 and throttled:
+                self.answers[key].append("429")
+                return Response("slow down", status=429, headers={"Retry-After": "1"})
             answer = "409" if key in self.taken else "201"
             self.taken.add(key)
             self.answers[key].append(answer)
@@ -237,6 +241,7 @@ def test_a_flapping_crm_gets_every_lead_and_no_key_again_after_a_success(
     assert report.retried > 0
     assert crm.taken == {x["lead_event_id"] for x in published}
     assert any("stalled" in answers for answers in crm.answers.values())
+    assert any("429" in answers for answers in crm.answers.values())
     for key, answers in crm.answers.items():
         # The client saw exactly one success per key, and it was that key's last request.
         seen = [a for a in answers if a != "stalled"]
