@@ -100,6 +100,11 @@ def body_with(driver: webdriver.Chrome, *texts: str) -> str | bool:
     return body if all(text in body for text in texts) else False
 
 
+def run_logs_loaded(driver: webdriver.Chrome) -> str | bool:
+    body = body_with(driver, "STEP_SUCCESS", "RUN_SUCCESS")
+    return body if body and "Loading run logs" not in body else False
+
+
 def launch_followups(dev: DagsterDev, as_of: datetime) -> str:
     run_id = dev.api.launch_run("send_broker_followups", followup_run_config(as_of.isoformat()))
     assert dev.api.wait_for_run(run_id, 180) == "SUCCESS", dev.log_tail()
@@ -154,14 +159,10 @@ def test_the_ui_shows_the_lineage_a_run_and_the_plotted_follow_up_numbers(
         time.sleep(3)  # the nodes' latest events finish loading
         screenshot(browser, shots / "asset-graph.png")
 
-        run_page = open_page(
-            browser,
-            f"{base}/runs/{run_id}",
-            "send_broker_followups",
-            "Success",
-            "broker_followup_emails",  # the step, once the logs have loaded
-        )
-        assert "Loading run logs" not in run_page
+        open_page(browser, f"{base}/runs/{run_id}", "send_broker_followups", "Success")
+        # The event log loads after the header: wait for its last events, not a fixed time.
+        run_page = WebDriverWait(browser, 60, poll_frequency=1).until(run_logs_loaded)
+        assert "broker_followup_emails" in run_page
         screenshot(browser, shots / "run.png")
 
         overview = open_page(
