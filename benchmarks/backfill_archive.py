@@ -21,26 +21,23 @@ import tempfile
 import threading
 import time
 import uuid
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import dagster as dg
 from pymongo import MongoClient, UpdateOne
 
-from enrollment_pipeline.defs.archive.resources import ArchiveResource
-from enrollment_pipeline.defs.history.assets import (
-    HISTORIC_EVENTS,
-    historic_enrollment_events_asset,
-)
-from enrollment_pipeline.defs.kafka.resources import KafkaResource
-from enrollment_pipeline.defs.mongo.resources import (
-    APPLICATIONS,
-    mongo_from_settings,
-)
-from enrollment_pipeline.defs.pipeline_settings import PipelineSettingsResource
+from enrollment_pipeline.defs.datasets import HISTORIC_EVENTS
+from enrollment_pipeline.defs.history.assets import historic_enrollment_events_asset
+from enrollment_pipeline.defs.settings.resources import PipelineSettingsResource
 from enrollment_pipeline.lib.backfill import rebuild_read_model
+from enrollment_pipeline.lib.clients.archive import Archive
+from enrollment_pipeline.lib.clients.kafka import KafkaClient, KafkaConfig
+from enrollment_pipeline.lib.clients.mongo import MongoConfig, MongoConnection
+from enrollment_pipeline.lib.mongo.collections import APPLICATIONS
 from enrollment_pipeline.lib.mongo.store import EnrollmentStore
-from enrollment_pipeline.sample_data import write_archive
+from enrollment_pipeline.lib.sample_data import write_archive
 from enrollment_pipeline.settings import PipelineSettings
 
 EVENTS_PER_APPLICATION = 3.4  # what the generator averages
@@ -91,16 +88,20 @@ def main() -> None:
         f"{size:.0f} MB gzipped, written in {time.perf_counter() - started:.0f} s"
     )
 
-    mongo = mongo_from_settings(settings, database=f"bench_backfill_{uuid.uuid4().hex[:8]}")
+    mongo = MongoConnection(
+        replace(
+            MongoConfig.from_settings(settings), database=f"bench_backfill_{uuid.uuid4().hex[:8]}"
+        )
+    )
     mongo.ensure_indexes()
     partitions = dg.DailyPartitionsDefinition(start_date="2024-01-01", timezone="UTC")
     job = dg.Definitions(
         assets=[historic_enrollment_events_asset(partitions)],
         jobs=[dg.define_asset_job("backfill", selection=[HISTORIC_EVENTS])],
         resources={
-            "archive": ArchiveResource(root=str(folder)),
+            "archive": Archive(root=str(folder)),
             "mongo": mongo,
-            "kafka": KafkaResource(bootstrap_servers=settings.kafka_bootstrap_servers),
+            "kafka": KafkaClient(KafkaConfig(bootstrap_servers=settings.kafka_bootstrap_servers)),
             "settings": PipelineSettingsResource(),
         },
     ).resolve_job_def("backfill")

@@ -30,11 +30,12 @@ from itertools import islice
 
 from pymongo import MongoClient, monitoring
 
-from enrollment_pipeline.defs.mongo.resources import ENROLLMENT_EVENTS, MongoResource
 from enrollment_pipeline.domain.events import parse_record
+from enrollment_pipeline.lib.clients.mongo import MongoConfig, MongoConnection
 from enrollment_pipeline.lib.ingestion.batch import Source, apply_parsed
+from enrollment_pipeline.lib.mongo.collections import ENROLLMENT_EVENTS
 from enrollment_pipeline.lib.mongo.store import EnrollmentStore
-from enrollment_pipeline.sample_data import synthetic_events
+from enrollment_pipeline.lib.sample_data import synthetic_events
 from enrollment_pipeline.settings import PipelineSettings
 
 LOAD_CHUNK = 50_000
@@ -81,10 +82,12 @@ def main() -> None:
     print(f"$ {' '.join([sys.executable.rsplit('/', 1)[-1], *sys.argv])}")
 
     settings = PipelineSettings()
-    mongo = MongoResource(
-        uri=settings.mongo_uri,
-        database=args.database or f"growth_{uuid.uuid4().hex[:8]}",
-        max_writes_per_command=settings.mongo_max_writes_per_command,
+    mongo = MongoConnection(
+        MongoConfig(
+            uri=settings.mongo_uri,
+            database=args.database or f"growth_{uuid.uuid4().hex[:8]}",
+            max_writes_per_command=settings.mongo_max_writes_per_command,
+        )
     )
     mongo.ensure_indexes()
     commands = Commands()

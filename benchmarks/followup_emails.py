@@ -18,15 +18,17 @@ import os
 import sys
 import time
 import uuid
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import boto3
 from moto.server import ThreadedMotoServer
 
-from enrollment_pipeline.defs.email.resources import SesEmailSender, SmtpEmailSender
-from enrollment_pipeline.defs.mongo.resources import mongo_from_settings
 from enrollment_pipeline.domain.events import EnrollmentEvent
 from enrollment_pipeline.domain.followup_rules import FollowupPolicy
+from enrollment_pipeline.lib.clients.aws import AwsConfig
+from enrollment_pipeline.lib.clients.email import SesEmailSender, SmtpEmailSender
+from enrollment_pipeline.lib.clients.mongo import MongoConfig, MongoConnection
 from enrollment_pipeline.lib.followups.run import send_followups
 from enrollment_pipeline.lib.ingestion.batch import Source, apply_parsed
 from enrollment_pipeline.lib.mongo.followup_store import FollowupStore
@@ -65,7 +67,9 @@ def submitted(app_id: str) -> EnrollmentEvent:
 
 
 def fill(settings: PipelineSettings, count: int):
-    mongo = mongo_from_settings(settings, database=f"followups_{uuid.uuid4().hex[:8]}")
+    mongo = MongoConnection(
+        replace(MongoConfig.from_settings(settings), database=f"followups_{uuid.uuid4().hex[:8]}")
+    )
     mongo.ensure_indexes()
     store = EnrollmentStore.of(mongo)
     for start in range(0, count, 10_000):
@@ -134,7 +138,8 @@ def main() -> None:
         mongo = fill(settings, args.ses)
         try:
             ses = SesEmailSender(
-                sender=settings.email_from, region_name="us-east-1", endpoint_url=endpoint
+                sender=settings.email_from,
+                aws=AwsConfig(region_name="us-east-1", endpoint_url=endpoint),
             )
             timed_run(mongo, ses, args.max_per_second, "SES (moto server)", args.ses)
         finally:

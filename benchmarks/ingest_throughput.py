@@ -24,13 +24,13 @@ import dagster as dg
 from pymongo import MongoClient, monitoring
 
 from enrollment_pipeline.defs.ingestion.sensors import enrollment_events_sensor
-from enrollment_pipeline.defs.kafka.resources import KafkaResource
-from enrollment_pipeline.defs.mongo.resources import MongoResource
-from enrollment_pipeline.defs.pipeline_settings import PipelineSettingsResource
+from enrollment_pipeline.defs.settings.resources import PipelineSettingsResource
 from enrollment_pipeline.domain.offset_ranges import PartitionRange, RangePlan
+from enrollment_pipeline.lib.clients.kafka import KafkaClient, KafkaConfig
+from enrollment_pipeline.lib.clients.mongo import MongoConfig, MongoConnection
 from enrollment_pipeline.lib.ingestion.run import ingest_range
 from enrollment_pipeline.lib.mongo.store import EnrollmentStore
-from enrollment_pipeline.sample_data import synthetic_events
+from enrollment_pipeline.lib.sample_data import synthetic_events
 from enrollment_pipeline.settings import PipelineSettings
 
 
@@ -50,7 +50,7 @@ class CommandCounter(monitoring.CommandListener):
         self.counts[f"{event.command_name} (failed)"] += 1
 
 
-def produce(kafka: KafkaResource, topic: str, events: int) -> int:
+def produce(kafka: KafkaClient, topic: str, events: int) -> int:
     # ~3.4 events per application in the synthetic mix
     records = []
     start = datetime(2026, 1, 1, tzinfo=UTC)
@@ -64,7 +64,7 @@ def produce(kafka: KafkaResource, topic: str, events: int) -> int:
 
 
 def bench_ingest(settings: PipelineSettings, events: int, partitions: int) -> None:
-    kafka = KafkaResource(bootstrap_servers=settings.kafka_bootstrap_servers)
+    kafka = KafkaClient(KafkaConfig(bootstrap_servers=settings.kafka_bootstrap_servers))
     topic, lead_topic = f"bench-{uuid.uuid4().hex[:8]}", f"bench-leads-{uuid.uuid4().hex[:8]}"
     database = f"bench_{uuid.uuid4().hex[:8]}"
     kafka.ensure_topics([topic, lead_topic], partitions=partitions)
@@ -72,7 +72,7 @@ def bench_ingest(settings: PipelineSettings, events: int, partitions: int) -> No
     client = MongoClient(
         settings.mongo_uri, event_listeners=[counter], tz_aware=True, socketTimeoutMS=600_000
     )
-    MongoResource(uri=settings.mongo_uri, database=database).ensure_indexes()
+    MongoConnection(MongoConfig(uri=settings.mongo_uri, database=database)).ensure_indexes()
     try:
         produced = produce(kafka, topic, events)
         ends = kafka.end_offsets(topic)
@@ -114,10 +114,12 @@ def bench_ingest(settings: PipelineSettings, events: int, partitions: int) -> No
 
 
 def bench_sensor_tick(settings: PipelineSettings, ticks: int) -> None:
-    kafka = KafkaResource(bootstrap_servers=settings.kafka_bootstrap_servers)
+    kafka = KafkaClient(KafkaConfig(bootstrap_servers=settings.kafka_bootstrap_servers))
     topic = f"bench-tick-{uuid.uuid4().hex[:8]}"
     kafka.ensure_topics([topic], partitions=12)
-    mongo = MongoResource(uri=settings.mongo_uri, database=f"bench_{uuid.uuid4().hex[:8]}")
+    mongo = MongoConnection(
+        MongoConfig(uri=settings.mongo_uri, database=f"bench_{uuid.uuid4().hex[:8]}")
+    )
     resources = {
         "kafka": kafka,
         "mongo": mongo,

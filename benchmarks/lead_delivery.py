@@ -20,17 +20,18 @@ import time
 import urllib.request
 import uuid
 from collections import Counter
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import port_for
 from pymongo import monitoring
 
-from enrollment_pipeline.defs.crm.resources import CrmClient
-from enrollment_pipeline.defs.kafka.resources import KafkaResource
-from enrollment_pipeline.defs.mongo.resources import mongo_from_settings
 from enrollment_pipeline.domain.leads import LeadContact, LeadEvent, lead_event_id
 from enrollment_pipeline.domain.offset_ranges import PartitionRange, RangePlan
-from enrollment_pipeline.lib.leads.delivery import deliver_range
+from enrollment_pipeline.lib.clients.crm import CrmClient
+from enrollment_pipeline.lib.clients.kafka import KafkaClient, KafkaConfig
+from enrollment_pipeline.lib.clients.mongo import MongoConfig, MongoConnection
+from enrollment_pipeline.lib.leads.delivery import LeadDeliveryPolicy, deliver_range
 from enrollment_pipeline.lib.mongo.lead_store import LeadDeliveryStore
 from enrollment_pipeline.lib.mongo.store import EnrollmentStore
 from enrollment_pipeline.settings import PipelineSettings
@@ -112,10 +113,12 @@ def main() -> None:
     commands = Commands()
     monitoring.register(commands)
     settings = PipelineSettings()
-    kafka = KafkaResource(bootstrap_servers=settings.kafka_bootstrap_servers)
+    kafka = KafkaClient(KafkaConfig(bootstrap_servers=settings.kafka_bootstrap_servers))
     topic = f"bench-leads-{uuid.uuid4().hex[:8]}"
     kafka.ensure_topics([topic], partitions=args.partitions)
-    mongo = mongo_from_settings(settings, database=f"bench_leads_{uuid.uuid4().hex[:8]}")
+    mongo = MongoConnection(
+        replace(MongoConfig.from_settings(settings), database=f"bench_leads_{uuid.uuid4().hex[:8]}")
+    )
     mongo.ensure_indexes()
     port = port_for.select_random()
     crm_process = start_crm(port, args.delay_ms)
@@ -138,7 +141,12 @@ def main() -> None:
         commands.counts.clear()
         started = time.perf_counter()
         report = deliver_range(
-            kafka, store, deliveries, crm, plan, concurrency=args.concurrency, budget_s=3600
+            kafka,
+            store,
+            deliveries,
+            crm,
+            plan,
+            policy=LeadDeliveryPolicy(concurrency=args.concurrency, budget_s=3600),
         )
         elapsed = time.perf_counter() - started
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/leads", timeout=30) as response:

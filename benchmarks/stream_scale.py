@@ -19,14 +19,15 @@ import sys
 import time
 import uuid
 from collections import Counter
+from dataclasses import replace
 from datetime import UTC, datetime
 
 import dagster as dg
 from pymongo import monitoring
 
-from enrollment_pipeline.defs.kafka.resources import KafkaResource
-from enrollment_pipeline.defs.mongo.resources import mongo_from_settings
-from enrollment_pipeline.sample_data import synthetic_events
+from enrollment_pipeline.lib.clients.kafka import KafkaClient, KafkaConfig
+from enrollment_pipeline.lib.clients.mongo import MongoConfig, MongoConnection
+from enrollment_pipeline.lib.sample_data import synthetic_events
 from enrollment_pipeline.settings import PipelineSettings
 from enrollment_pipeline_tests.pipeline import (
     Pipeline,
@@ -69,10 +70,12 @@ def main() -> None:
     commands = Commands()
     monitoring.register(commands)  # before any client exists
     settings = PipelineSettings()
-    kafka = KafkaResource(bootstrap_servers=settings.kafka_bootstrap_servers)
+    kafka = KafkaClient(KafkaConfig(bootstrap_servers=settings.kafka_bootstrap_servers))
     topic, lead_topic = f"scale-{uuid.uuid4().hex[:8]}", f"scale-leads-{uuid.uuid4().hex[:8]}"
     kafka.ensure_topics([topic, lead_topic], partitions=args.partitions)
-    mongo = mongo_from_settings(settings, database=f"scale_{uuid.uuid4().hex[:8]}")
+    mongo = MongoConnection(
+        replace(MongoConfig.from_settings(settings), database=f"scale_{uuid.uuid4().hex[:8]}")
+    )
     mongo.ensure_indexes()
     print(
         f"Kafka {settings.kafka_bootstrap_servers}, Mongo {settings.mongo_uri} "

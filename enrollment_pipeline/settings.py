@@ -1,8 +1,12 @@
-"""Configuration from the environment (Contract 6), with local defaults.
+"""Configuration from the environment (Contract 6), with local defaults, in groups.
 
 One place names every variable, so the CLI, the local stack and the Dagster definitions agree.
-Secrets are `SecretStr`: they never show in a repr or a log line. Dagster resources do not read
-secrets from here; they take them through `dg.EnvVar` (see `defs/resources.py`).
+Each group reads only its own variables, so a command reads only what it needs (`stack` never
+looks at EMAIL_BACKEND); `PipelineSettings` is all of them, for the code location. Field names
+are the variable names in lower case. Secrets are `SecretStr`: they never show in a repr or a
+log line. Dagster resources do not read secrets from here; they take them through `dg.EnvVar`.
+
+This module sits between `domain/` and `lib/`: it imports only pydantic.
 """
 
 from __future__ import annotations
@@ -15,22 +19,16 @@ from typing import Literal
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-# Consumer groups of the seed design (DESIGN "Consumer groups").
-READ_MODEL_GROUP = "read-model-service"
-BROKER_EMAIL_GROUP = "broker-email-service"
-LEAD_PRODUCER_GROUP = "lead-producer-service"
-LEAD_INTEGRATION_GROUP = "lead-integration-service"
-ENROLLMENT_GROUPS = (READ_MODEL_GROUP, BROKER_EMAIL_GROUP, LEAD_PRODUCER_GROUP)
 
-
-class PipelineSettings(BaseSettings):
-    """The Contract-6 variables; field names are the variable names in lower case. An empty
-    variable counts as unset (compose files list every variable, most of them empty)."""
+class _Settings(BaseSettings):
+    """An empty variable counts as unset (compose files list every variable, most empty)."""
 
     model_config = SettingsConfigDict(
         env_prefix="", case_sensitive=False, extra="ignore", env_ignore_empty=True
     )
 
+
+class KafkaSettings(_Settings):
     kafka_bootstrap_servers: str = "127.0.0.1:9092"
     kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
     kafka_sasl_mechanism: str | None = None
@@ -41,6 +39,8 @@ class PipelineSettings(BaseSettings):
     enrollment_topic: str = "enrollment-events"
     lead_topic: str = "lead-integration-events"
 
+
+class MongoSettings(_Settings):
     mongo_uri: str = "mongodb://127.0.0.1:27017/"
     mongo_database: str = "enrollment"
     # How long one MongoDB command may take: a stalled server fails the run, never hangs it.
@@ -48,6 +48,15 @@ class PipelineSettings(BaseSettings):
     # Statements per update command; unset: chosen by engine (see lib/mongo/writes.py).
     mongo_max_writes_per_command: int | None = Field(default=None, ge=1)
 
+
+class AwsSettings(_Settings):
+    """Shared by SES (email) and S3 (archive)."""
+
+    aws_region: str = "us-east-1"
+    aws_endpoint_url: str | None = None
+
+
+class EmailSettings(AwsSettings):
     email_backend: Literal["smtp", "ses"] = "smtp"
     smtp_host: str = "127.0.0.1"
     smtp_port: int = 1025
@@ -56,12 +65,9 @@ class PipelineSettings(BaseSettings):
     smtp_starttls: bool = False
     smtp_ssl: bool = False
     email_from: str = "enrollment-followups@example.com"
-    ops_email: str | None = None
-    email_max_per_second: float = Field(default=10.0, gt=0)
 
-    aws_region: str = "us-east-1"
-    aws_endpoint_url: str | None = None
 
+class CrmSettings(_Settings):
     lead_api_url: str = "http://127.0.0.1:8090"
     lead_api_token: SecretStr | None = None
     # One CRM request: connect and read timeouts; attempts per lead within one run.
@@ -69,7 +75,25 @@ class PipelineSettings(BaseSettings):
     lead_api_read_timeout_seconds: float = Field(default=10.0, gt=0)
     lead_api_max_attempts: int = Field(default=5, ge=1)
 
-    # Lead delivery runs (DESIGN Contract 4; README "Delivering leads").
+
+class ArchiveSettings(AwsSettings):
+    archive_root: str = "./archive"
+    archive_start_date: date = date(2024, 1, 1)
+
+
+class IngestSettings(_Settings):
+    """Ingestion micro-batches (DESIGN "Delivery semantics")."""
+
+    ingest_max_events_per_run: int = Field(default=50_000, ge=1)
+    ingest_max_record_bytes: int = Field(default=1_000_000, ge=1)
+    ingest_max_range_attempts: int = Field(default=3, ge=1)
+    ingest_max_dead_letter_rate: float = Field(default=0.05, ge=0, le=1)
+    ingest_max_consumer_lag: int = Field(default=100_000, ge=0)
+
+
+class LeadDeliverySettings(_Settings):
+    """Lead delivery runs (DESIGN Contract 4; README "Delivering leads")."""
+
     lead_max_per_run: int = Field(default=10_000, ge=1)
     lead_max_range_attempts: int = Field(default=3, ge=1)
     lead_run_budget_seconds: float = Field(default=600.0, gt=0)
@@ -77,15 +101,9 @@ class PipelineSettings(BaseSettings):
     lead_park_minutes: float = Field(default=15.0, ge=0)
     lead_max_parked: int = Field(default=0, ge=0)
 
-    archive_root: str = "./archive"
-    archive_start_date: date = date(2024, 1, 1)
 
-    # Ingestion micro-batches (DESIGN "Delivery semantics").
-    ingest_max_events_per_run: int = Field(default=50_000, ge=1)
-    ingest_max_record_bytes: int = Field(default=1_000_000, ge=1)
-    ingest_max_range_attempts: int = Field(default=3, ge=1)
-    ingest_max_dead_letter_rate: float = Field(default=0.05, ge=0, le=1)
-    ingest_max_consumer_lag: int = Field(default=100_000, ge=0)
+class FollowupSettings(_Settings):
+    """The broker follow-up runs (Contract 3)."""
 
     followup_max_emails: int = Field(default=5, ge=1)
     followup_interval_minutes: int = Field(default=60, ge=1)
@@ -93,6 +111,21 @@ class PipelineSettings(BaseSettings):
     followup_quiet_hours: str | None = None
     followup_schedule_cron: str = "0 * * * *"
     followup_schedule_timezone: str = "UTC"
+    ops_email: str | None = None
+    email_max_per_second: float = Field(default=10.0, gt=0)
+
+
+class PipelineSettings(
+    KafkaSettings,
+    MongoSettings,
+    EmailSettings,
+    CrmSettings,
+    ArchiveSettings,
+    IngestSettings,
+    LeadDeliverySettings,
+    FollowupSettings,
+):
+    """Every Contract-6 variable: what the code location reads when it loads."""
 
 
 def _xdg(var: str, fallback: str) -> Path:

@@ -24,8 +24,8 @@ from aiosmtpd.controller import Controller
 from moto.server import ThreadedMotoServer
 from pytest_httpserver import HTTPServer
 
-from enrollment_pipeline.defs.kafka.resources import KafkaResource
-from enrollment_pipeline.defs.mongo.resources import MongoResource
+from enrollment_pipeline.lib.clients.kafka import KafkaClient, KafkaConfig
+from enrollment_pipeline.lib.clients.mongo import MongoConfig, MongoConnection
 from enrollment_pipeline.settings import PipelineSettings, StackSettings
 from enrollment_pipeline.stack.crm import LocalCrm
 from enrollment_pipeline.stack.local import LocalStack
@@ -101,14 +101,14 @@ def services() -> Iterator[Services]:
 
 
 @pytest.fixture
-def kafka(services: Services) -> Iterator[KafkaResource]:
-    resource = KafkaResource(bootstrap_servers=services.kafka_bootstrap_servers)
-    yield resource
-    resource.close()
+def kafka(services: Services) -> Iterator[KafkaClient]:
+    client = KafkaClient(KafkaConfig(bootstrap_servers=services.kafka_bootstrap_servers))
+    yield client
+    client.close()
 
 
 @pytest.fixture
-def topic(kafka: KafkaResource) -> Iterator[str]:
+def topic(kafka: KafkaClient) -> Iterator[str]:
     """A fresh 3-partition topic for this test, deleted afterwards."""
     name = f"test-{uuid.uuid4().hex[:12]}"
     kafka.ensure_topics([name], partitions=3)
@@ -117,7 +117,7 @@ def topic(kafka: KafkaResource) -> Iterator[str]:
 
 
 @pytest.fixture
-def lead_topic(kafka: KafkaResource) -> Iterator[str]:
+def lead_topic(kafka: KafkaClient) -> Iterator[str]:
     """A fresh 3-partition topic for the leads this test publishes."""
     name = f"test-leads-{uuid.uuid4().hex[:12]}"
     kafka.ensure_topics([name], partitions=3)
@@ -126,13 +126,15 @@ def lead_topic(kafka: KafkaResource) -> Iterator[str]:
 
 
 @pytest.fixture
-def mongo(services: Services) -> Iterator[MongoResource]:
+def mongo(services: Services) -> Iterator[MongoConnection]:
     """A fresh database for this test (indexes created), dropped afterwards."""
-    resource = MongoResource(uri=services.mongo_uri, database=f"test_{uuid.uuid4().hex[:12]}")
-    resource.ensure_indexes()
-    yield resource
-    resource.client().drop_database(resource.database)
-    resource.client().close()
+    connection = MongoConnection(
+        MongoConfig(uri=services.mongo_uri, database=f"test_{uuid.uuid4().hex[:12]}")
+    )
+    connection.ensure_indexes()
+    yield connection
+    connection.client().drop_database(connection.database)
+    connection.close()
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from enrollment_pipeline.dagster_api import DagsterApi, DagsterApiError
+from enrollment_pipeline.lib.clients.dagster_api import DagsterApi, DagsterApiError
 from enrollment_pipeline_tests.conftest import free_ports
 
 DAGSTER = Path(sys.executable).parent / "dagster"

@@ -9,28 +9,24 @@ import dagster as dg
 
 from enrollment_pipeline.defs.ingestion.jobs import ingest_enrollment_events
 from enrollment_pipeline.defs.ingestion.sensors import enrollment_events_sensor
-from enrollment_pipeline.defs.kafka.resources import KafkaResource
-from enrollment_pipeline.defs.mongo.resources import (
-    APPLICATIONS,
-    BROKER_FOLLOWUPS,
-    DEAD_LETTERS,
-    MongoResource,
-)
-from enrollment_pipeline.defs.pipeline_settings import PipelineSettingsResource
+from enrollment_pipeline.defs.settings.resources import PipelineSettingsResource
 from enrollment_pipeline.domain.events import EnrollmentEvent, parse_record
 from enrollment_pipeline.domain.followup_queue import mongo_precision
 from enrollment_pipeline.domain.leads import lead_events
 from enrollment_pipeline.domain.offset_ranges import PartitionRange, RangePlan
 from enrollment_pipeline.domain.projection import fold_application
+from enrollment_pipeline.lib.clients.kafka import KafkaClient
+from enrollment_pipeline.lib.clients.mongo import MongoConnection
 from enrollment_pipeline.lib.ingestion.run import IngestResult, ingest_range
+from enrollment_pipeline.lib.mongo.collections import APPLICATIONS, BROKER_FOLLOWUPS, DEAD_LETTERS
 from enrollment_pipeline.lib.mongo.store import EnrollmentStore
-from enrollment_pipeline_tests.jobs import run_job
+from enrollment_pipeline_tests.jobs import as_resources, run_job
 
 
 class Pipeline:
     """One test's topics and database, and the calls a run makes."""
 
-    def __init__(self, kafka: KafkaResource, mongo: MongoResource, topic: str, lead_topic: str):
+    def __init__(self, kafka: KafkaClient, mongo: MongoConnection, topic: str, lead_topic: str):
         self.kafka, self.mongo, self.topic, self.lead_topic = kafka, mongo, topic, lead_topic
         self.store = EnrollmentStore.of(mongo)
 
@@ -41,7 +37,9 @@ class Pipeline:
         )
 
     def resources(self, **overrides) -> dict[str, object]:
-        return {"kafka": self.kafka, "mongo": self.mongo, "settings": self.settings(**overrides)}
+        return as_resources(
+            {"kafka": self.kafka, "mongo": self.mongo, "settings": self.settings(**overrides)}
+        )
 
     def produce(self, records: list[tuple[bytes | None, bytes]]) -> None:
         self.kafka.produce_batch(self.topic, records)

@@ -15,22 +15,15 @@ from pydantic import Field
 
 from enrollment_pipeline.defs.kafka.resources import KafkaResource
 from enrollment_pipeline.defs.mongo.resources import MongoResource
-from enrollment_pipeline.defs.pipeline_settings import PipelineSettingsResource
+from enrollment_pipeline.defs.settings.resources import PipelineSettingsResource
 from enrollment_pipeline.domain.offset_ranges import PartitionRange, RangePlan, plan_ranges
+from enrollment_pipeline.lib.clients.mongo import MongoConnection
+from enrollment_pipeline.lib.dagster_runs import FAILED, IN_FLIGHT
 from enrollment_pipeline.lib.mongo.store import EnrollmentStore
 
 RANGE_TAG = "enrollment/range"
 PARTITIONS_TAG = "enrollment/partitions"
 ATTEMPT_TAG = "enrollment/attempt"
-
-IN_FLIGHT = [
-    dg.DagsterRunStatus.QUEUED,
-    dg.DagsterRunStatus.NOT_STARTED,
-    dg.DagsterRunStatus.STARTING,
-    dg.DagsterRunStatus.STARTED,
-    dg.DagsterRunStatus.CANCELING,
-]
-FAILED = [dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED]
 
 
 class OffsetRange(dg.Config):
@@ -87,7 +80,7 @@ def offset_range_sensor(
     config_class: type[OffsetRangeConfig] = OffsetRangeConfig,
     description: str,
     when_idle: Callable[
-        [dg.SensorEvaluationContext, MongoResource, PipelineSettingsResource],
+        [dg.SensorEvaluationContext, MongoConnection, PipelineSettingsResource],
         dg.RunRequest | None,
     ]
     | None = None,
@@ -114,9 +107,10 @@ def offset_range_sensor(
         settings: PipelineSettingsResource,
     ) -> dg.SensorResult | dg.SkipReason:
         topic_name = topic(settings)
-        ends = kafka.end_offsets(topic_name)
-        with mongo.explained_errors():
-            committed = EnrollmentStore.of(mongo).committed_offsets(group, topic_name)
+        ends = kafka.get_client().end_offsets(topic_name)
+        db = mongo.get_client()
+        with db.explained_errors():
+            committed = EnrollmentStore.of(db).committed_offsets(group, topic_name)
         plan = plan_ranges(
             topic_name,
             committed=committed,
@@ -125,7 +119,7 @@ def offset_range_sensor(
             max_events=max_events(settings),
         )
         if plan is None:
-            idle = when_idle(context, mongo, settings) if when_idle else None
+            idle = when_idle(context, db, settings) if when_idle else None
             if idle is not None:
                 return dg.SensorResult(run_requests=[idle])
             return dg.SkipReason("no new records, or every lagging partition has a run in flight")

@@ -40,7 +40,7 @@ def mongo_precision(value: Any) -> Any:
 
 
 def _same(stored: Any, computed: Any) -> bool:
-    return mongo_precision(stored) == mongo_precision(computed)
+    return bool(mongo_precision(stored) == mongo_precision(computed))
 
 
 def effective_status(fold_state: str, pending_reason: str | None) -> str:
@@ -52,7 +52,7 @@ def effective_status(fold_state: str, pending_reason: str | None) -> str:
 def merge_followup(
     application_id: str,
     requirement: Any,
-    existing: dict | None,
+    existing: dict[str, Any] | None,
     *,
     submitted_at: datetime | None,
 ) -> FollowupChange | None:
@@ -68,7 +68,7 @@ def merge_followup(
         or existing.get("broker_id") != requirement.broker_id
         or not _same(existing.get("cycle_started_at"), requirement.cycle_started_at)
     )
-    pending_reason = None if new_cycle else existing.get("pending_reason")
+    pending_reason = None if new_cycle or existing is None else existing.get("pending_reason")
     status = effective_status(requirement.state, pending_reason)
     fields: dict[str, Any] = {
         "app_id": application_id,

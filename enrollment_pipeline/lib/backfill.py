@@ -12,12 +12,10 @@ from __future__ import annotations
 
 import time
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 
-from enrollment_pipeline.defs.archive.resources import ArchiveResource, ArchiveTailError
-from enrollment_pipeline.defs.mongo.resources import APPLICATIONS, ENROLLMENT_EVENTS
 from enrollment_pipeline.domain.events import (
     EnrollmentEvent,
     Rejection,
@@ -25,13 +23,20 @@ from enrollment_pipeline.domain.events import (
     parse_archive_line,
 )
 from enrollment_pipeline.domain.projection import fold_history
-from enrollment_pipeline.lib.ingestion.batch import BatchReport, Source, apply_parsed, plan_writes
-from enrollment_pipeline.lib.mongo.store import DeadLetter, EnrollmentStore
+from enrollment_pipeline.lib.clients.archive import Archive, ArchiveTailError
+from enrollment_pipeline.lib.ingestion.batch import (
+    BatchReport,
+    PublishLeads,
+    apply_parsed,
+    plan_writes,
+)
+from enrollment_pipeline.lib.mongo.collections import APPLICATIONS, ENROLLMENT_EVENTS
+from enrollment_pipeline.lib.mongo.dead_letters import DeadLetter
+from enrollment_pipeline.lib.mongo.store import EnrollmentStore
+from enrollment_pipeline.lib.sources import Source, archive_source
 
 # Documents a streamed read asks for at a time: each getMore stays a short command.
 _STREAM_BATCH = 2_000
-
-PublishLeads = Callable[[list[tuple[bytes, bytes]]], None]
 
 
 @dataclass
@@ -67,7 +72,7 @@ class BackfillReport:
 
 
 def backfill_days(
-    archive: ArchiveResource,
+    archive: Archive,
     store: EnrollmentStore,
     days: Iterable[date],
     *,
@@ -91,12 +96,7 @@ def backfill_days(
             report.files += 1
             try:
                 for line in archive.lines(name):
-                    source = Source(
-                        id=f"archive:{name}:{line.line}",
-                        fields={"file": name, "line": line.line},
-                        raw=line.raw,
-                        key=None,
-                    )
+                    source = archive_source(name, line.line, line.raw)
                     chunk.append((source, parse_archive_line(line.raw, max_bytes=max_record_bytes)))
                     if len(chunk) >= chunk_lines:
                         flush()

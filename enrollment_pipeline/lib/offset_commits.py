@@ -11,8 +11,8 @@ from datetime import UTC, datetime
 
 from kafka.errors import KafkaError
 
-from enrollment_pipeline.defs.kafka.resources import KafkaResource, KafkaUnavailableError
 from enrollment_pipeline.domain.offset_ranges import RangePlan
+from enrollment_pipeline.lib.clients.kafka import KafkaClient, KafkaUnavailableError
 from enrollment_pipeline.lib.mongo.store import EnrollmentStore
 
 
@@ -33,7 +33,7 @@ def check_range_start(store: EnrollmentStore, group: str, plan: RangePlan) -> di
 
 
 def commit_range(
-    kafka: KafkaResource,
+    kafka: KafkaClient,
     store: EnrollmentStore,
     groups: Sequence[str],
     topic: str,

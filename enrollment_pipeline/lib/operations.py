@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
-import base64
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from enrollment_pipeline.defs.kafka.resources import KafkaResource
-from enrollment_pipeline.defs.mongo.resources import DEAD_LETTERS
 from enrollment_pipeline.domain.events import Rejection, parse_archive_line, parse_record
-from enrollment_pipeline.lib.ingestion.batch import BatchReport, Source, apply_parsed
+from enrollment_pipeline.lib.clients.kafka import KafkaClient
+from enrollment_pipeline.lib.consumer_groups import ENROLLMENT_GROUPS, LEAD_INTEGRATION_GROUP
+from enrollment_pipeline.lib.ingestion.batch import BatchReport, PublishLeads, apply_parsed
+from enrollment_pipeline.lib.mongo.collections import Document
+from enrollment_pipeline.lib.mongo.dead_letters import key_bytes, raw_bytes
 from enrollment_pipeline.lib.mongo.store import EnrollmentStore
-from enrollment_pipeline.settings import ENROLLMENT_GROUPS, LEAD_INTEGRATION_GROUP
+from enrollment_pipeline.lib.sources import Source
 
 
 @dataclass(frozen=True)
@@ -30,7 +31,7 @@ class OffsetRow:
 
 
 def offset_rows(
-    kafka: KafkaResource, store: EnrollmentStore, *, enrollment_topic: str, lead_topic: str
+    kafka: KafkaClient, store: EnrollmentStore, *, enrollment_topic: str, lead_topic: str
 ) -> list[OffsetRow]:
     rows = []
     groups = [(g, enrollment_topic) for g in ENROLLMENT_GROUPS] + [
@@ -55,7 +56,7 @@ def offset_rows(
 
 
 def reset_targets(
-    kafka: KafkaResource,
+    kafka: KafkaClient,
     topic: str,
     *,
     to_offset: int | None = None,
@@ -73,7 +74,7 @@ def reset_targets(
 
 
 def reset_offsets(
-    kafka: KafkaResource,
+    kafka: KafkaClient,
     store: EnrollmentStore,
     topic: str,
     targets: dict[int, int],
@@ -93,16 +94,8 @@ def list_dead_letters(
     since: datetime | None = None,
     status: str | None = "OPEN",
     limit: int = 50,
-) -> list[dict]:
-    query: dict = {}
-    if reason:
-        query["reason"] = reason
-    if since:
-        query["last_seen_at"] = {"$gte": since}
-    if status:
-        query["status"] = status
-    cursor = store.db[DEAD_LETTERS].find(query).sort("last_seen_at", -1).limit(limit)
-    return list(cursor)
+) -> list[Document]:
+    return store.dead_letters.listing(reason=reason, since=since, status=status, limit=limit)
 
 
 @dataclass(frozen=True)
@@ -116,7 +109,7 @@ def redrive(
     store: EnrollmentStore,
     letter_ids: list[str],
     *,
-    publish_leads,
+    publish_leads: PublishLeads | None,
     max_record_bytes: int = 1_000_000,
 ) -> RedriveResult:
     """Parse the kept raw input again (after a fix) and apply what is now valid.
@@ -124,11 +117,10 @@ def redrive(
     Applied letters become `REDRIVEN`; the rest stay open with today's reason. Redriving the
     same letter twice is harmless: the event store ignores an event it already has.
     """
-    letters = list(store.db[DEAD_LETTERS].find({"_id": {"$in": letter_ids}}))
+    letters = store.dead_letters.of_ids(letter_ids)
     parsed, rejected = [], {}
     for letter in letters:
-        raw = base64.b64decode(letter["raw_base64"]) if letter.get("raw_base64") else None
-        key = letter["key"].encode() if letter.get("key") is not None else None
+        raw, key = raw_bytes(letter), key_bytes(letter)
         if letter["_id"].startswith("kafka:"):
             outcome = parse_record(key, raw, max_bytes=max_record_bytes)
         else:
@@ -142,10 +134,31 @@ def redrive(
     if report is not None and report.dead_lettered:
         conflicts = {
             d["_id"]
-            for d in store.db[DEAD_LETTERS].find(
-                {"_id": {"$in": [s.id for s, _ in parsed]}, "reason": "conflicting_duplicate"}
-            )
+            for d in store.dead_letters.of_ids([s.id for s, _ in parsed])
+            if d["reason"] == "conflicting_duplicate"
         }
     redriven = [s.id for s, _ in parsed if s.id not in conflicts]
     store.mark_redriven(redriven, now=datetime.now(UTC))
     return RedriveResult(redriven, rejected, report)
+
+
+def produce_records(
+    kafka: KafkaClient,
+    topic: str,
+    records: Iterable[tuple[bytes | None, bytes]],
+    *,
+    batch: int = 5_000,
+    progress: Callable[[int], None] = lambda sent: None,
+) -> int:
+    """Produce `records` in batches of `batch` (each acknowledged); `progress` gets the count."""
+    sent = 0
+    chunk: list[tuple[bytes | None, bytes]] = []
+    for record in records:
+        chunk.append(record)
+        if len(chunk) >= batch:
+            sent += kafka.produce_batch(topic, chunk)
+            progress(sent)
+            chunk = []
+    sent += kafka.produce_batch(topic, chunk)
+    progress(sent)
+    return sent

@@ -12,6 +12,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 from enrollment_pipeline.settings import PipelineSettings, StackSettings
@@ -81,6 +82,43 @@ class SmtpSink:
     def down(self) -> bool:
         return self.daemon.stop(timeout_s=10)
 
+    def messages(self) -> list[Message]:
+        """The emails the sink kept, newest first (their headers; the body stays on disk)."""
+        from email.parser import BytesHeaderParser
+        from email.utils import parsedate_to_datetime
+
+        folder = self.maildir / "new"
+        found = []
+        for path in folder.glob("*") if folder.is_dir() else []:
+            with path.open("rb") as handle:
+                headers = BytesHeaderParser().parse(handle)
+            try:
+                sent = parsedate_to_datetime(headers.get("Date", ""))
+            except (TypeError, ValueError):
+                sent = None
+            found.append(
+                Message(
+                    sent=sent,
+                    date=headers.get("Date", ""),
+                    to=headers.get("To", ""),
+                    subject=headers.get("Subject", ""),
+                    path=path,
+                )
+            )
+        found.sort(key=lambda m: m.sent.timestamp() if m.sent else 0.0, reverse=True)
+        return found
+
+
+@dataclass(frozen=True)
+class Message:
+    """One email the SMTP sink kept."""
+
+    sent: datetime | None
+    date: str
+    to: str
+    subject: str
+    path: Path
+
 
 class CrmDouble:
     """The local CRM test double (`stack/crm.py`): what LEAD_API_URL points at locally."""
@@ -138,6 +176,12 @@ class CrmDouble:
     def down(self) -> bool:
         return self.daemon.stop(timeout_s=10)
 
+    def leads(self) -> dict:
+        """What the double took: `{"count": n, "leads": [...]}` in arrival order."""
+        import requests
+
+        return requests.get(f"{self.url}/leads", timeout=5).json()
+
 
 class LocalStack:
     """What `enrollment-pipeline stack up|down|status|env` drives."""
@@ -193,16 +237,20 @@ class LocalStack:
         report("topics", time.monotonic() - started)
 
     def create_topics(self) -> None:
-        from enrollment_pipeline.defs.kafka.resources import KafkaResource, KafkaUnavailableError
+        from enrollment_pipeline.lib.clients.kafka import (
+            KafkaClient,
+            KafkaConfig,
+            KafkaUnavailableError,
+        )
 
-        kafka = KafkaResource(bootstrap_servers=self.kafka.bootstrap_servers)
-        try:
-            kafka.ensure_topics(
-                [self.pipeline.enrollment_topic, self.pipeline.lead_topic],
-                partitions=self.pipeline.kafka_topic_partitions,
-            )
-        except KafkaUnavailableError as exc:
-            raise ServiceError(f"kafka: creating topics failed: {exc}") from exc
+        with KafkaClient(KafkaConfig(bootstrap_servers=self.kafka.bootstrap_servers)) as kafka:
+            try:
+                kafka.ensure_topics(
+                    [self.pipeline.enrollment_topic, self.pipeline.lead_topic],
+                    partitions=self.pipeline.kafka_topic_partitions,
+                )
+            except KafkaUnavailableError as exc:
+                raise ServiceError(f"kafka: creating topics failed: {exc}") from exc
 
     def down(self) -> list[str]:
         """Stop, in reverse order, exactly the processes this stack started."""

@@ -8,7 +8,8 @@ from datetime import date
 import boto3
 import pytest
 
-from enrollment_pipeline.defs.archive.resources import ArchiveResource, ArchiveTailError
+from enrollment_pipeline.lib.clients.archive import Archive, ArchiveTailError
+from enrollment_pipeline.lib.clients.aws import AwsConfig
 
 pytestmark = pytest.mark.integration
 
@@ -21,24 +22,25 @@ TRUNCATED = gzip.compress(b"\n".join(MANY) + b"\n")[:-200]
 
 
 @pytest.fixture
-def s3_archive(moto_endpoint, aws_credentials) -> ArchiveResource:
+def s3_archive(moto_endpoint, aws_credentials) -> Archive:
     s3 = boto3.client("s3", region_name="us-east-1", endpoint_url=moto_endpoint)
     s3.create_bucket(Bucket="history")
     s3.put_object(Bucket="history", Key="enrollment/2024-03-05.jsonl", Body=PLAIN)
     s3.put_object(Bucket="history", Key="enrollment/2024-03-05.jsonl.gz", Body=GZIPPED)
     s3.put_object(Bucket="history", Key="enrollment/2024-03-06.jsonl.gz", Body=TRUNCATED)
-    return ArchiveResource(
-        root="s3://history/enrollment", region_name="us-east-1", endpoint_url=moto_endpoint
+    return Archive(
+        root="s3://history/enrollment",
+        aws=AwsConfig(region_name="us-east-1", endpoint_url=moto_endpoint),
     )
 
 
-def _read_all(archive: ArchiveResource, day: date) -> list[tuple[str, int, bytes]]:
+def _read_all(archive: Archive, day: date) -> list[tuple[str, int, bytes]]:
     return [
         (ln.file, ln.line, ln.raw) for f in archive.files_for_day(day) for ln in archive.lines(f)
     ]
 
 
-def test_s3_day_reads_both_files_with_line_numbers(s3_archive: ArchiveResource):
+def test_s3_day_reads_both_files_with_line_numbers(s3_archive: Archive):
     assert s3_archive.files_for_day(DAY) == ["2024-03-05.jsonl", "2024-03-05.jsonl.gz"]
     assert _read_all(s3_archive, DAY) == [
         ("2024-03-05.jsonl", 1, b'{"event_id": "a"}'),
@@ -48,11 +50,11 @@ def test_s3_day_reads_both_files_with_line_numbers(s3_archive: ArchiveResource):
     ]
 
 
-def test_s3_day_without_file_is_empty(s3_archive: ArchiveResource):
+def test_s3_day_without_file_is_empty(s3_archive: Archive):
     assert s3_archive.files_for_day(date(2024, 3, 7)) == []
 
 
-def test_corrupt_gzip_tail_raises_after_the_good_lines(s3_archive: ArchiveResource):
+def test_corrupt_gzip_tail_raises_after_the_good_lines(s3_archive: Archive):
     seen = []
     with pytest.raises(ArchiveTailError) as caught:
         for line in s3_archive.lines("2024-03-06.jsonl.gz"):
@@ -66,7 +68,7 @@ def test_corrupt_gzip_tail_raises_after_the_good_lines(s3_archive: ArchiveResour
 def test_folder_archive(tmp_path):
     (tmp_path / "2024-03-05.jsonl").write_bytes(PLAIN)
     (tmp_path / "2024-03-05.jsonl.gz").write_bytes(GZIPPED)
-    archive = ArchiveResource(root=str(tmp_path))
+    archive = Archive(root=str(tmp_path))
     assert [raw for _, _, raw in _read_all(archive, DAY)] == [
         b'{"event_id": "a"}',
         b'{"event_id": "b"}',

@@ -12,18 +12,18 @@ import boto3
 import dagster as dg
 import pytest
 
-from enrollment_pipeline.defs.archive.resources import ArchiveResource
-from enrollment_pipeline.defs.email.resources import SmtpEmailSender
+from enrollment_pipeline.defs.datasets import HISTORIC_EVENTS
 from enrollment_pipeline.defs.followups.assets import FollowupRunConfig, broker_followup_emails
-from enrollment_pipeline.defs.history.assets import (
-    HISTORIC_EVENTS,
-    historic_enrollment_events_asset,
-)
-from enrollment_pipeline.defs.mongo.resources import APPLICATIONS, BROKER_FOLLOWUPS
-from enrollment_pipeline.defs.pipeline_settings import PipelineSettingsResource
+from enrollment_pipeline.defs.history.assets import historic_enrollment_events_asset
+from enrollment_pipeline.defs.settings.resources import PipelineSettingsResource
 from enrollment_pipeline.domain.events import EnrollmentEvent, parse_archive_line
 from enrollment_pipeline.lib.backfill import backfill_days, rebuild_read_model
-from enrollment_pipeline.sample_data import synthetic_records, write_archive
+from enrollment_pipeline.lib.clients.archive import Archive
+from enrollment_pipeline.lib.clients.aws import AwsConfig
+from enrollment_pipeline.lib.clients.email import SmtpEmailSender
+from enrollment_pipeline.lib.mongo.collections import APPLICATIONS, BROKER_FOLLOWUPS
+from enrollment_pipeline.lib.sample_data import synthetic_records, write_archive
+from enrollment_pipeline_tests.jobs import as_resources
 from enrollment_pipeline_tests.pipeline import Pipeline, assert_read_model_is_the_fold
 
 pytestmark = pytest.mark.integration
@@ -59,7 +59,7 @@ def test_backfilling_30_days_twice_leaves_the_read_model_as_one_pass(
 ):
     written = write_archive(tmp_path, 80, seed=3, start=START, bad_fraction=0.02)
     covered = days(FIRST_DAY - timedelta(days=2), 30)  # two days before any file: empty
-    archive = ArchiveResource(root=str(tmp_path))
+    archive = Archive(root=str(tmp_path))
 
     first = backfill_days(archive, pipeline.store, covered, chunk_lines=100)
     assert first.days == 30 and first.files == len(
@@ -85,7 +85,7 @@ def test_days_that_also_came_through_kafka_fold_as_one_union(
         {datetime.fromisoformat(str(r.event["occurred_at"])[:10]).date() for r in records}
     )
     live = [(r.key, r.value) for r in records[len(records) // 3 :]]  # Kafka has the later 2/3
-    archive = ArchiveResource(root=str(tmp_path))
+    archive = Archive(root=str(tmp_path))
 
     if archive_first:
         backfill_days(archive, pipeline.store, covered[: len(covered) // 2])
@@ -106,7 +106,7 @@ def test_a_corrupt_gzip_tail_and_bad_lines_are_dead_lettered_and_the_day_succeed
     (tmp_path / f"{day}.jsonl.gz").write_bytes(gzip.compress(body)[:-40])  # tail cut
     (tmp_path / f"{day}.jsonl").write_bytes(b'{"not": "an event"}\n' + good[30] + b"\nnope\n")
 
-    report = backfill_days(ArchiveResource(root=str(tmp_path)), pipeline.store, [FIRST_DAY])
+    report = backfill_days(Archive(root=str(tmp_path)), pipeline.store, [FIRST_DAY])
 
     letters = pipeline.dead_letters()
     assert f"archive:{day}.jsonl:1" in letters and f"archive:{day}.jsonl:3" in letters
@@ -125,8 +125,9 @@ def test_a_range_of_days_is_one_run_of_the_asset_from_s3(
     s3.create_bucket(Bucket=bucket)
     for path in tmp_path.iterdir():
         s3.upload_file(str(path), bucket, f"enrollment/{path.name}")
-    archive = ArchiveResource(
-        root=f"s3://{bucket}/enrollment", region_name="us-east-1", endpoint_url=moto_endpoint
+    archive = Archive(
+        root=f"s3://{bucket}/enrollment",
+        aws=AwsConfig(region_name="us-east-1", endpoint_url=moto_endpoint),
     )
     first, last = min(written), sorted(written)[6]
     partitions = dg.DailyPartitionsDefinition(start_date="2024-01-01", timezone="UTC")
@@ -134,7 +135,7 @@ def test_a_range_of_days_is_one_run_of_the_asset_from_s3(
     job = dg.Definitions(
         assets=[asset],
         jobs=[dg.define_asset_job("backfill", selection=[HISTORIC_EVENTS])],
-        resources={**pipeline.resources(), "archive": archive},
+        resources=as_resources({**pipeline.resources(), "archive": archive}),
     ).resolve_job_def("backfill")
     result = job.execute_in_process(
         tags={
@@ -168,11 +169,13 @@ def test_rebuild_after_losing_applications_keeps_the_email_history(
         run_config=dg.RunConfig(
             ops={"broker_followup_emails": FollowupRunConfig(as_of=as_of.isoformat())}
         ),
-        resources={
-            "mongo": pipeline.mongo,
-            "email": sender,
-            "settings": PipelineSettingsResource(followup_max_age_days=10_000),
-        },
+        resources=as_resources(
+            {
+                "mongo": pipeline.mongo,
+                "email": sender,
+                "settings": PipelineSettingsResource(followup_max_age_days=10_000),
+            }
+        ),
     )
     assert sent.success and inbox.messages
     before_apps, before_followups = read_model(pipeline)
@@ -199,12 +202,12 @@ def test_publish_leads_true_publishes_the_leads_of_the_archived_events(
     publish = lambda messages: pipeline.kafka.produce_batch(pipeline.lead_topic, messages)  # noqa: E731
 
     report = backfill_days(
-        ArchiveResource(root=str(tmp_path)), pipeline.store, covered, publish_leads=publish
+        Archive(root=str(tmp_path)), pipeline.store, covered, publish_leads=publish
     )
 
     assert report.leads_published > 0
     assert_read_model_is_the_fold(pipeline, archived_records(tmp_path, covered), in_order=True)
     again = backfill_days(
-        ArchiveResource(root=str(tmp_path)), pipeline.store, covered, publish_leads=publish
+        Archive(root=str(tmp_path)), pipeline.store, covered, publish_leads=publish
     )
     assert again.leads_published == 0  # a replay publishes no lead twice

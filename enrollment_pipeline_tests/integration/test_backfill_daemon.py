@@ -9,8 +9,8 @@ from datetime import UTC, datetime
 
 import pytest
 
-from enrollment_pipeline.defs.mongo.resources import APPLICATIONS
-from enrollment_pipeline.sample_data import write_archive
+from enrollment_pipeline.lib.mongo.collections import APPLICATIONS
+from enrollment_pipeline.lib.sample_data import write_archive
 from enrollment_pipeline_tests.dagster_dev import dagster_dev
 
 pytestmark = pytest.mark.integration

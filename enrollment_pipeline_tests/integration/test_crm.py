@@ -7,7 +7,7 @@ import time
 import pytest
 from werkzeug import Response
 
-from enrollment_pipeline.defs.crm.resources import CrmClient
+from enrollment_pipeline.lib.clients.crm import CrmClient
 from enrollment_pipeline_tests.conftest import free_ports
 
 pytestmark = pytest.mark.integration

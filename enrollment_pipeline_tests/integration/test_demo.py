@@ -15,7 +15,7 @@ import pytest
 import requests
 from pymongo import MongoClient
 
-from enrollment_pipeline.defs.mongo.resources import APPLICATIONS
+from enrollment_pipeline.lib.mongo.collections import APPLICATIONS
 from enrollment_pipeline_tests.conftest import free_ports
 
 pytestmark = pytest.mark.integration

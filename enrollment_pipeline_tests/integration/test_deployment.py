@@ -23,9 +23,9 @@ from urllib.parse import urlsplit, urlunsplit
 import psycopg2
 import pytest
 
-from enrollment_pipeline.dagster_api import DagsterApi, followup_run_config
-from enrollment_pipeline.sample_data import synthetic_events
-from enrollment_pipeline.settings import LEAD_INTEGRATION_GROUP, READ_MODEL_GROUP
+from enrollment_pipeline.lib.clients.dagster_api import DagsterApi, followup_run_config
+from enrollment_pipeline.lib.consumer_groups import LEAD_INTEGRATION_GROUP, READ_MODEL_GROUP
+from enrollment_pipeline.lib.sample_data import synthetic_events
 from enrollment_pipeline_tests.conftest import free_ports
 from enrollment_pipeline_tests.pipeline import Pipeline, assert_read_model_is_the_fold
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import boto3
 import pytest
 
-from enrollment_pipeline.defs.email.resources import (
+from enrollment_pipeline.lib.clients.aws import AwsConfig
+from enrollment_pipeline.lib.clients.email import (
     OutgoingEmail,
     PermanentEmailError,
     SesEmailSender,
@@ -66,7 +67,8 @@ def test_ses_email_is_accepted_by_moto(moto_endpoint, aws_credentials):
     quota = boto3.client("ses", region_name="us-east-1", endpoint_url=moto_endpoint)
     before = quota.get_send_quota()["SentLast24Hours"]
     sender = SesEmailSender(
-        sender="followups@example.com", region_name="us-east-1", endpoint_url=moto_endpoint
+        sender="followups@example.com",
+        aws=AwsConfig(region_name="us-east-1", endpoint_url=moto_endpoint),
     )
     message_id = sender.send(OutgoingEmail("broker@example.com", "Signature needed", "Sign."))
     assert message_id
@@ -75,7 +77,8 @@ def test_ses_email_is_accepted_by_moto(moto_endpoint, aws_credentials):
 
 def test_ses_unverified_sender_is_rejected_permanently(moto_endpoint, aws_credentials):
     sender = SesEmailSender(
-        sender="unverified@example.org", region_name="us-east-1", endpoint_url=moto_endpoint
+        sender="unverified@example.org",
+        aws=AwsConfig(region_name="us-east-1", endpoint_url=moto_endpoint),
     )
     with pytest.raises(PermanentEmailError, match="MessageRejected"):
         sender.send(OutgoingEmail("broker@example.com", "s", "b"))

@@ -16,7 +16,7 @@ from bson import Int64, ObjectId, Regex
 from pymongo import MongoClient, UpdateOne
 from pymongo.collection import Collection
 
-from enrollment_pipeline.defs.mongo.resources import MongoResource
+from enrollment_pipeline.lib.clients.mongo import MongoConnection
 
 pytestmark = pytest.mark.integration
 
@@ -44,7 +44,7 @@ DOCS = [
 
 
 @pytest.fixture
-def coll(mongo: MongoResource) -> Iterator[Collection]:
+def coll(mongo: MongoConnection) -> Iterator[Collection]:
     # Own client with a socket timeout: a server that stops answering fails the test.
     client: MongoClient = MongoClient(
         mongo.uri, serverSelectionTimeoutMS=5_000, socketTimeoutMS=30_000

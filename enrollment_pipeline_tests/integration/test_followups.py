@@ -14,26 +14,26 @@ import boto3
 import dagster as dg
 import pytest
 
-from enrollment_pipeline.defs.email.resources import SesEmailSender, SmtpEmailSender
-from enrollment_pipeline.defs.followups.assets import (
-    broker_followup_emails,
-    followup_schedule,
-)
-from enrollment_pipeline.defs.mongo.resources import (
+from enrollment_pipeline.defs.followups.assets import broker_followup_emails
+from enrollment_pipeline.defs.followups.schedules import followup_schedule
+from enrollment_pipeline.defs.settings.resources import PipelineSettingsResource
+from enrollment_pipeline.domain.events import EnrollmentEvent
+from enrollment_pipeline.lib.clients.aws import AwsConfig
+from enrollment_pipeline.lib.clients.email import SesEmailSender, SmtpEmailSender
+from enrollment_pipeline.lib.clients.mongo import MongoConnection
+from enrollment_pipeline.lib.followups.run import send_followups
+from enrollment_pipeline.lib.ingestion.batch import Source, apply_parsed
+from enrollment_pipeline.lib.mongo.collections import (
     APPLICATIONS,
     BROKER_FOLLOWUPS,
     FOLLOWUP_ATTEMPTS,
-    MongoResource,
 )
-from enrollment_pipeline.defs.pipeline_settings import PipelineSettingsResource
-from enrollment_pipeline.domain.events import EnrollmentEvent
-from enrollment_pipeline.lib.followups.run import send_followups
-from enrollment_pipeline.lib.ingestion.batch import Source, apply_parsed
 from enrollment_pipeline.lib.mongo.followup_store import FollowupStore
 from enrollment_pipeline.lib.mongo.store import EnrollmentStore
 from enrollment_pipeline.settings import PipelineSettings
 from enrollment_pipeline_tests import factories as f
 from enrollment_pipeline_tests.conftest import Inbox, free_ports
+from enrollment_pipeline_tests.jobs import as_resources
 
 pytestmark = pytest.mark.integration
 
@@ -45,7 +45,7 @@ def tick(hour: int) -> datetime:
     return f.T0 + timedelta(hours=hour)
 
 
-def ingest(mongo: MongoResource, *events: dict) -> None:
+def ingest(mongo: MongoConnection, *events: dict) -> None:
     parsed = [
         (Source(f"test:{e['event_id']}", {}, None, None), EnrollmentEvent.model_validate(e))
         for e in events
@@ -64,11 +64,13 @@ def run_tick(mongo, sender, as_of: datetime, **kwargs) -> dg.ExecuteInProcessRes
     return dg.materialize(
         [broker_followup_emails],
         run_config=request.run_config,
-        resources={
-            "mongo": mongo,
-            "email": sender,
-            "settings": kwargs.get("settings", PipelineSettingsResource()),
-        },
+        resources=as_resources(
+            {
+                "mongo": mongo,
+                "email": sender,
+                "settings": kwargs.get("settings", PipelineSettingsResource()),
+            }
+        ),
         raise_on_error=kwargs.get("raise_on_error", True),
     )
 
@@ -77,7 +79,7 @@ def recipients(inbox: Inbox, since: int = 0) -> list[str]:
     return sorted(rcpt for _, rcpts, _ in inbox.messages[since:] for rcpt in rcpts)
 
 
-def followup(mongo: MongoResource, app_id: str) -> dict:
+def followup(mongo: MongoConnection, app_id: str) -> dict:
     return mongo.db()[BROKER_FOLLOWUPS].find_one({"_id": app_id})
 
 
@@ -300,7 +302,8 @@ def test_ses_backend_through_moto(mongo, moto_endpoint, aws_credentials):
     before = quota.get_send_quota()["SentLast24Hours"]
     ingest(mongo, f.submitted("APP-1", 0), f.submitted("APP-2", 0))
     sender = SesEmailSender(
-        sender="followups@example.com", region_name="us-east-1", endpoint_url=moto_endpoint
+        sender="followups@example.com",
+        aws=AwsConfig(region_name="us-east-1", endpoint_url=moto_endpoint),
     )
 
     run_tick(mongo, sender, tick(1))

@@ -13,16 +13,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from kafka import KafkaAdminClient
 
-from enrollment_pipeline.defs.kafka.resources import KafkaResource
-from enrollment_pipeline.defs.mongo.resources import (
-    CONSUMER_OFFSETS,
-    MongoResource,
-)
 from enrollment_pipeline.domain.followup_queue import mongo_precision
+from enrollment_pipeline.lib.clients.kafka import KafkaClient
+from enrollment_pipeline.lib.clients.mongo import MongoConfig, MongoConnection
+from enrollment_pipeline.lib.consumer_groups import ENROLLMENT_GROUPS
 from enrollment_pipeline.lib.ingestion.batch import CHECKPOINTS
+from enrollment_pipeline.lib.mongo.collections import CONSUMER_OFFSETS
 from enrollment_pipeline.lib.offset_commits import StaleRangeError
-from enrollment_pipeline.sample_data import synthetic_records
-from enrollment_pipeline.settings import ENROLLMENT_GROUPS
+from enrollment_pipeline.lib.sample_data import synthetic_records
 from enrollment_pipeline_tests import factories as f
 from enrollment_pipeline_tests.pipeline import (
     Pipeline,
@@ -209,7 +207,7 @@ def test_a_range_whose_start_moved_is_refused(pipeline: Pipeline):
 )
 @given(data=st.data())
 def test_random_logs_and_batch_boundaries_give_the_fold_of_the_whole_log(
-    kafka: KafkaResource, services, data
+    kafka: KafkaClient, services, data
 ):
     seed = data.draw(st.integers(0, 10_000), label="seed")
     samples = list(synthetic_records(12, seed=seed, start=START, bad_fraction=0.1))
@@ -222,7 +220,9 @@ def test_random_logs_and_batch_boundaries_give_the_fold_of_the_whole_log(
     topic = f"prop-{uuid.uuid4().hex[:10]}"
     lead_topic = f"prop-leads-{uuid.uuid4().hex[:10]}"
     kafka.ensure_topics([topic, lead_topic], partitions=3)
-    mongo = MongoResource(uri=services.mongo_uri, database=f"prop_{uuid.uuid4().hex[:10]}")
+    mongo = MongoConnection(
+        MongoConfig(uri=services.mongo_uri, database=f"prop_{uuid.uuid4().hex[:10]}")
+    )
     mongo.ensure_indexes()
     try:
         pipeline = Pipeline(kafka, mongo, topic, lead_topic)

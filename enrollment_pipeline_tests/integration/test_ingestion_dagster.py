@@ -10,18 +10,19 @@ import pytest
 
 from enrollment_pipeline.defs.ingestion.jobs import ingest_enrollment_events
 from enrollment_pipeline.defs.ingestion.sensors import enrollment_events_sensor
-from enrollment_pipeline.defs.kafka.resources import KafkaResource, KafkaUnavailableError
-from enrollment_pipeline.defs.mongo.resources import (
-    APPLICATIONS,
-    MongoResource,
+from enrollment_pipeline.defs.offset_ranges import ATTEMPT_TAG, PARTITIONS_TAG, RANGE_TAG
+from enrollment_pipeline.defs.settings.resources import PipelineSettingsResource
+from enrollment_pipeline.lib.clients.kafka import KafkaClient, KafkaConfig, KafkaUnavailableError
+from enrollment_pipeline.lib.clients.mongo import (
+    MongoConfig,
+    MongoConnection,
     MongoUnavailableError,
 )
-from enrollment_pipeline.defs.offset_ranges import ATTEMPT_TAG, PARTITIONS_TAG, RANGE_TAG
-from enrollment_pipeline.defs.pipeline_settings import PipelineSettingsResource
+from enrollment_pipeline.lib.consumer_groups import ENROLLMENT_GROUPS
+from enrollment_pipeline.lib.mongo.collections import APPLICATIONS
 from enrollment_pipeline.lib.mongo.store import EnrollmentStore
-from enrollment_pipeline.settings import ENROLLMENT_GROUPS
 from enrollment_pipeline_tests import factories as f
-from enrollment_pipeline_tests.jobs import resolve, run_job
+from enrollment_pipeline_tests.jobs import as_resources, resolve, run_job
 
 pytestmark = pytest.mark.integration
 
@@ -39,7 +40,8 @@ def instance() -> Iterator[dg.DagsterInstance]:
 
 def tick(instance, kafka, mongo, settings) -> dg.SensorResult | dg.SkipReason:
     with dg.build_sensor_context(
-        instance=instance, resources={"kafka": kafka, "mongo": mongo, "settings": settings}
+        instance=instance,
+        resources=as_resources({"kafka": kafka, "mongo": mongo, "settings": settings}),
     ) as context:
         return enrollment_events_sensor(context)
 
@@ -48,7 +50,7 @@ def run(instance, kafka, mongo, settings, request: dg.RunRequest) -> dg.ExecuteI
     return run_job(
         ingest_enrollment_events,
         run_config=request.run_config,
-        resources={"kafka": kafka, "mongo": mongo, "settings": settings},
+        resources=as_resources({"kafka": kafka, "mongo": mongo, "settings": settings}),
         instance=instance,
         tags=request.tags,
         raise_on_error=False,
@@ -95,7 +97,7 @@ def test_sensor_requests_exact_ranges_and_the_run_applies_them(
         if e.event_type_value == "ASSET_CHECK_EVALUATION"
     ]
     assert {c.check_name: c.passed for c in checks} == {
-        "dead_letter_rate": True,
+        "batch_dead_letter_rate": True,
         "consumer_lag": True,
     }
     for group in ENROLLMENT_GROUPS:
@@ -137,8 +139,10 @@ def test_partitions_of_a_run_in_flight_are_not_requested(settings, instance, kaf
 def test_a_failed_range_is_requested_again_then_reported(settings, instance, kafka, mongo, topic):
     settings = PipelineSettingsResource(enrollment_topic=topic, ingest_max_range_attempts=2)
     produce_apps(kafka, topic, 12)
-    broken_mongo = MongoResource(
-        uri="mongodb://127.0.0.1:1/", database=mongo.database, server_selection_timeout_ms=300
+    broken_mongo = MongoConnection(
+        MongoConfig(
+            uri="mongodb://127.0.0.1:1/", database=mongo.database, server_selection_timeout_ms=300
+        )
     )
     keys = []
     for attempt in (1, 2):
@@ -154,7 +158,7 @@ def test_a_failed_range_is_requested_again_then_reported(settings, instance, kaf
 
 
 def test_twelve_partitions_in_one_request(instance, kafka, mongo):
-    """(How fast such a tick is: benchmarks/sensor_tick.py.)"""
+    """(How fast such a tick is: `benchmarks/ingest_throughput.py --ticks N`.)"""
     topic = f"test-12-{uuid.uuid4().hex[:8]}"
     kafka.ensure_topics([topic], partitions=12)
     settings = PipelineSettingsResource(enrollment_topic=topic)
@@ -169,11 +173,13 @@ def test_twelve_partitions_in_one_request(instance, kafka, mongo):
 
 def test_a_tick_with_kafka_or_mongo_down_names_the_setting_to_fix(instance, kafka, mongo, topic):
     settings = PipelineSettingsResource(enrollment_topic=topic)
-    no_kafka = KafkaResource(bootstrap_servers="127.0.0.1:1", bootstrap_timeout_ms=2000)
+    no_kafka = KafkaClient(KafkaConfig(bootstrap_servers="127.0.0.1:1", bootstrap_timeout_ms=2000))
     with pytest.raises(KafkaUnavailableError, match="check KAFKA_BOOTSTRAP_SERVERS"):
         tick(instance, no_kafka, mongo, settings)
-    no_mongo = MongoResource(
-        uri="mongodb://127.0.0.1:1/", database=mongo.database, server_selection_timeout_ms=300
+    no_mongo = MongoConnection(
+        MongoConfig(
+            uri="mongodb://127.0.0.1:1/", database=mongo.database, server_selection_timeout_ms=300
+        )
     )
     with pytest.raises(dg.DagsterResourceFunctionError) as raised:
         tick(instance, kafka, no_mongo, settings)

@@ -8,30 +8,31 @@ import pytest
 from kafka import KafkaAdminClient, TopicPartition
 from kafka.errors import KafkaError
 
-from enrollment_pipeline.defs.kafka.resources import (
-    KafkaResource,
+from enrollment_pipeline.lib.clients.kafka import (
+    KafkaClient,
+    KafkaConfig,
     KafkaUnavailableError,
     OffsetOutOfRangeError,
 )
-from enrollment_pipeline.settings import ENROLLMENT_GROUPS
+from enrollment_pipeline.lib.consumer_groups import ENROLLMENT_GROUPS
 
 pytestmark = pytest.mark.integration
 
 
-def _produce(kafka: KafkaResource, topic: str, count: int) -> list[tuple[bytes, bytes]]:
+def _produce(kafka: KafkaClient, topic: str, count: int) -> list[tuple[bytes, bytes]]:
     messages = [(f"APP-{i % 20:06d}".encode(), f'{{"n": {i}}}'.encode()) for i in range(count)]
     assert kafka.produce_batch(topic, messages) == count
     return messages
 
 
-def test_topic_is_created_with_the_requested_partitions(kafka: KafkaResource, topic: str):
+def test_topic_is_created_with_the_requested_partitions(kafka: KafkaClient, topic: str):
     assert kafka.partitions(topic) == [0, 1, 2]
     kafka.ensure_topics([topic], partitions=3)  # a second call is harmless
     assert kafka.partitions(topic) == [0, 1, 2]
 
 
 def test_produced_batch_is_visible_in_end_offsets_and_keyed_by_partition(
-    kafka: KafkaResource, topic: str
+    kafka: KafkaClient, topic: str
 ):
     messages = _produce(kafka, topic, 300)
     ends = kafka.end_offsets(topic)
@@ -48,7 +49,7 @@ def test_produced_batch_is_visible_in_end_offsets_and_keyed_by_partition(
         assert values == [v for k, v in messages if k == key]
 
 
-def test_read_range_returns_exactly_the_requested_offsets(kafka: KafkaResource, topic: str):
+def test_read_range_returns_exactly_the_requested_offsets(kafka: KafkaClient, topic: str):
     _produce(kafka, topic, 200)
     ends = kafka.end_offsets(topic)
     partition = max(ends, key=ends.get)
@@ -59,7 +60,7 @@ def test_read_range_returns_exactly_the_requested_offsets(kafka: KafkaResource, 
     assert kafka.read_range(topic, {partition: (5, 5)}) == []
 
 
-def test_read_below_log_start_fails_loudly(kafka: KafkaResource, topic: str, services):
+def test_read_below_log_start_fails_loudly(kafka: KafkaClient, topic: str, services):
     _produce(kafka, topic, 60)
     ends = kafka.end_offsets(topic)
     partition = max(ends, key=ends.get)
@@ -73,7 +74,7 @@ def test_read_below_log_start_fails_loudly(kafka: KafkaResource, topic: str, ser
 
 
 def test_group_offsets_are_committed_and_visible_to_a_kafka_admin_client(
-    kafka: KafkaResource, topic: str, services
+    kafka: KafkaClient, topic: str, services
 ):
     _produce(kafka, topic, 90)
     ends = kafka.end_offsets(topic)
@@ -92,7 +93,9 @@ def test_group_offsets_are_committed_and_visible_to_a_kafka_admin_client(
 
 
 def test_producing_to_a_missing_topic_fails_in_seconds(services):
-    kafka = KafkaResource(bootstrap_servers=services.kafka_bootstrap_servers, max_block_ms=2000)
+    kafka = KafkaClient(
+        KafkaConfig(bootstrap_servers=services.kafka_bootstrap_servers, max_block_ms=2000)
+    )
     started = time.monotonic()
     with pytest.raises(KafkaError):
         kafka.produce_batch("no-such-topic-auto-creation-is-off", [(b"k", b"v")])
@@ -102,7 +105,7 @@ def test_producing_to_a_missing_topic_fails_in_seconds(services):
 
 
 def test_unreachable_cluster_fails_fast_naming_the_setting():
-    kafka = KafkaResource(bootstrap_servers="127.0.0.1:1", bootstrap_timeout_ms=2000)
+    kafka = KafkaClient(KafkaConfig(bootstrap_servers="127.0.0.1:1", bootstrap_timeout_ms=2000))
     started = time.monotonic()
     with pytest.raises(KafkaUnavailableError, match="KAFKA_BOOTSTRAP_SERVERS"):
         kafka.end_offsets("enrollment-events")

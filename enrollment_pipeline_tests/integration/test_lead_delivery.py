@@ -11,24 +11,28 @@ import json
 import threading
 import time
 from collections import defaultdict
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import dagster as dg
 import pytest
 from pytest_httpserver import HTTPServer
 from werkzeug import Request, Response
 
-from enrollment_pipeline.defs.crm.resources import CrmClient
-from enrollment_pipeline.defs.kafka.resources import KafkaResource
 from enrollment_pipeline.defs.leads.jobs import deliver_leads
 from enrollment_pipeline.defs.leads.sensors import lead_events_sensor
-from enrollment_pipeline.defs.mongo.resources import DEAD_LETTERS, LEAD_DELIVERIES, MongoResource
 from enrollment_pipeline.defs.offset_ranges import ATTEMPT_TAG
 from enrollment_pipeline.domain.offset_ranges import PartitionRange, RangePlan
-from enrollment_pipeline.lib.leads.delivery import DeliveryReport, deliver_range
+from enrollment_pipeline.lib.clients.crm import CrmClient
+from enrollment_pipeline.lib.clients.kafka import KafkaClient, KafkaConfig
+from enrollment_pipeline.lib.clients.mongo import MongoConfig, MongoConnection
+from enrollment_pipeline.lib.consumer_groups import LEAD_INTEGRATION_GROUP
+from enrollment_pipeline.lib.leads.delivery import (
+    LeadDeliveryPolicy,
+    deliver_range,
+)
+from enrollment_pipeline.lib.mongo.collections import DEAD_LETTERS, LEAD_DELIVERIES
 from enrollment_pipeline.lib.mongo.lead_store import LeadDeliveryStore
-from enrollment_pipeline.sample_data import synthetic_events
-from enrollment_pipeline.settings import LEAD_INTEGRATION_GROUP
+from enrollment_pipeline.lib.sample_data import synthetic_events
 from enrollment_pipeline.stack.crm import LocalCrm
 from enrollment_pipeline_tests import factories as f
 from enrollment_pipeline_tests.jobs import run_job
@@ -59,10 +63,18 @@ def lead_plan(pipeline: Pipeline) -> RangePlan | None:
     return RangePlan(pipeline.lead_topic, ranges) if ranges else None
 
 
-def deliver(pipeline: Pipeline, crm: CrmClient, **kwargs) -> DeliveryReport:
+def deliver(pipeline: Pipeline, crm: CrmClient, *, checkpoint=None, redrive=False, **limits):
+    """One delivery run over the lead topic; `limits` are LeadDeliveryPolicy's fields."""
     deliveries = LeadDeliveryStore(pipeline.mongo.db(), pipeline.mongo.writer())
     return deliver_range(
-        pipeline.kafka, pipeline.store, deliveries, crm, lead_plan(pipeline), **kwargs
+        pipeline.kafka,
+        pipeline.store,
+        deliveries,
+        crm,
+        lead_plan(pipeline),
+        policy=LeadDeliveryPolicy(**limits),
+        redrive=redrive,
+        **({"checkpoint": checkpoint} if checkpoint else {}),
     )
 
 
@@ -403,10 +415,12 @@ def test_a_failing_range_is_requested_again_then_reported(pipeline: Pipeline, lo
     resources = {**pipeline.resources(lead_max_range_attempts=2), "crm": client(local_crm.url)}
     broken = {
         **resources,
-        "mongo": MongoResource(
-            uri="mongodb://127.0.0.1:1/",
-            database=pipeline.mongo.database,
-            server_selection_timeout_ms=300,
+        "mongo": MongoConnection(
+            MongoConfig(
+                uri="mongodb://127.0.0.1:1/",
+                database=pipeline.mongo.database,
+                server_selection_timeout_ms=300,
+            )
         ),
     }
     keys = []
@@ -465,6 +479,42 @@ def test_the_operator_redrives_a_refused_lead_from_the_command_line(
     ]
     assert a_arrived == [x["lead_event_id"] for x in published if x["application_id"] == "APP-A"]
     assert {d["status"] for d in deliveries_of(pipeline).values()} == {"DELIVERED"}
+
+
+def test_a_redrive_from_the_command_line_parks_for_lead_park_minutes(
+    pipeline: Pipeline, local_crm: LocalCrm, services, monkeypatch
+):
+    """The CLI builds its delivery policy where the runs do: a lead still refused parks for
+    LEAD_PARK_MINUTES, not a default of its own."""
+    from click.testing import CliRunner
+
+    from enrollment_pipeline.cli import main
+
+    (lead,) = publish(pipeline, [f.submitted("APP-P", 0)])
+    local_crm.fail_next(1, 422)
+    assert deliver(pipeline, client(local_crm.url)).permanently_failed == 1
+    for name, value in {
+        "KAFKA_BOOTSTRAP_SERVERS": services.kafka_bootstrap_servers,
+        "MONGO_URI": services.mongo_uri,
+        "MONGO_DATABASE": pipeline.mongo.database,
+        "LEAD_TOPIC": pipeline.lead_topic,
+        "LEAD_API_URL": local_crm.url,
+        "LEAD_API_TOKEN": "s3cret-token",
+        "LEAD_API_MAX_ATTEMPTS": "1",
+        "LEAD_PARK_MINUTES": "90",
+    }.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("DAGSTER_HOME", raising=False)
+    local_crm.fail_next(5, 503)  # the CRM is down when the operator re-drives
+    before = datetime.now(UTC)
+
+    result = CliRunner().invoke(main, ["dead-letters", "redrive", "--leads", "--force"])
+
+    assert result.exit_code == 0, result.output
+    record = deliveries_of(pipeline)[lead["lead_event_id"]]
+    assert record["status"] == "PARKED"
+    waited = record["next_attempt_at"] - before
+    assert timedelta(minutes=89) < waited < timedelta(minutes=91)
 
 
 def test_a_parked_head_that_goes_through_leaves_the_next_one_at_the_head(
@@ -535,8 +585,8 @@ def test_thousands_of_waiting_leads_are_redriven_in_one_run_while_ingestion_writ
     pipeline.produce(later)
     # Its own clients, as another run's process would have.
     writer = Pipeline(
-        KafkaResource(bootstrap_servers=pipeline.kafka.bootstrap_servers),
-        MongoResource(uri=pipeline.mongo.uri, database=pipeline.mongo.database),
+        KafkaClient(KafkaConfig(bootstrap_servers=pipeline.kafka.bootstrap_servers)),
+        MongoConnection(MongoConfig(uri=pipeline.mongo.uri, database=pipeline.mongo.database)),
         pipeline.topic,
         pipeline.lead_topic,
     )

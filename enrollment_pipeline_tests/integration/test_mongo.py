@@ -8,18 +8,17 @@ import pytest
 from pymongo import UpdateOne
 from pymongo.errors import DuplicateKeyError
 
-from enrollment_pipeline.defs.mongo.resources import (
-    APPLICATIONS,
-    ENROLLMENT_EVENTS,
-    INDEXES,
-    MongoResource,
+from enrollment_pipeline.lib.clients.mongo import (
+    MongoConfig,
+    MongoConnection,
     MongoUnavailableError,
 )
+from enrollment_pipeline.lib.mongo.collections import APPLICATIONS, ENROLLMENT_EVENTS, INDEXES
 
 pytestmark = pytest.mark.integration
 
 
-def test_indexes_of_contract_2_exist(mongo: MongoResource):
+def test_indexes_of_contract_2_exist(mongo: MongoConnection):
     db = mongo.db()
     for collection, indexes in INDEXES.items():
         names = set(db[collection].index_information())
@@ -27,7 +26,7 @@ def test_indexes_of_contract_2_exist(mongo: MongoResource):
     mongo.ensure_indexes()  # idempotent
 
 
-def test_event_id_is_unique(mongo: MongoResource):
+def test_event_id_is_unique(mongo: MongoConnection):
     events = mongo.db()[ENROLLMENT_EVENTS]
     events.insert_one({"event_id": "e-1", "application_id": "APP-1"})
     with pytest.raises(DuplicateKeyError) as caught:
@@ -36,7 +35,7 @@ def test_event_id_is_unique(mongo: MongoResource):
     assert events.count_documents({}) == 1
 
 
-def test_bulk_upsert_then_find_by_in(mongo: MongoResource):
+def test_bulk_upsert_then_find_by_in(mongo: MongoConnection):
     apps = mongo.db()[APPLICATIONS]
     ops = [
         UpdateOne({"_id": f"APP-{i}"}, {"$set": {"status": "SUBMITTED", "n": i}}, upsert=True)
@@ -53,8 +52,8 @@ def test_bulk_upsert_then_find_by_in(mongo: MongoResource):
 
 
 def test_unreachable_server_fails_fast_naming_the_setting():
-    resource = MongoResource(
-        uri="mongodb://user:secret@127.0.0.1:1/", server_selection_timeout_ms=1000
+    resource = MongoConnection(
+        MongoConfig(uri="mongodb://user:secret@127.0.0.1:1/", server_selection_timeout_ms=1000)
     )
     started = time.monotonic()
     with pytest.raises(MongoUnavailableError, match="MONGO_URI") as caught:

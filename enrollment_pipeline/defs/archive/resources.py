@@ -1,44 +1,15 @@
-"""The historic archive (Contract 5): a folder or `s3://bucket/prefix`, one file per day.
-
-`{root}/{YYYY-MM-DD}.jsonl` and/or `{root}/{YYYY-MM-DD}.jsonl.gz`; both are read when both
-exist. Lines come back as raw bytes with their 1-based number: parsing and dead-lettering are
-the caller's, and a corrupt gzip tail ends the file with an `ArchiveTailError` after the lines
-before it.
-"""
+"""`archive`: the historic archive (a folder or S3), a thin resource over
+`lib/clients/archive.Archive`."""
 
 from __future__ import annotations
 
-import gzip
-import io
-import zlib
-from collections.abc import Iterator
-from dataclasses import dataclass
-from datetime import date
-from pathlib import Path
-from typing import BinaryIO
-
-from botocore.exceptions import ClientError
+import dagster as dg
 from dagster_aws.utils import ResourceWithBoto3Configuration
 from pydantic import Field
 
-from enrollment_pipeline.defs.aws import boto3_client
-
-SUFFIXES = (".jsonl", ".jsonl.gz")
-
-
-@dataclass(frozen=True)
-class ArchiveLine:
-    file: str  # as shown in dead letters: the name under the root
-    line: int  # 1-based
-    raw: bytes
-
-
-class ArchiveTailError(RuntimeError):
-    """A gzip member ended early or is corrupt; the lines before it were returned."""
-
-    def __init__(self, file: str, line: int, detail: str) -> None:
-        super().__init__(f"{file}: unreadable after line {line - 1}: {detail}")
-        self.file, self.line, self.detail = file, line, detail
+from enrollment_pipeline.defs.aws_config import aws_config
+from enrollment_pipeline.lib.clients.archive import Archive
+from enrollment_pipeline.settings import ArchiveSettings
 
 
 class ArchiveResource(ResourceWithBoto3Configuration):
@@ -46,79 +17,19 @@ class ArchiveResource(ResourceWithBoto3Configuration):
 
     root: str = Field(description="ARCHIVE_ROOT: a folder or s3://bucket/prefix")
 
-    @property
-    def is_s3(self) -> bool:
-        return self.root.startswith("s3://")
+    @classmethod
+    def from_settings(cls, settings: ArchiveSettings) -> ArchiveResource:
+        archive = Archive.from_settings(settings)
+        return cls(
+            root=archive.root,
+            region_name=archive.aws.region_name,
+            endpoint_url=archive.aws.endpoint_url,
+        )
 
-    def _bucket_prefix(self) -> tuple[str, str]:
-        bucket, _, prefix = self.root.removeprefix("s3://").partition("/")
-        return bucket, prefix.strip("/")
-
-    def _s3(self):
-        # A stalled S3 read fails the run instead of waiting (botocore waits 60 s by default).
-        return boto3_client(self, "s3", connect_timeout=10, read_timeout=30)
-
-    def files_for_day(self, day: date) -> list[str]:
-        """Names of the day's files that exist (none is an empty day, not an error)."""
-        names = [f"{day.isoformat()}{suffix}" for suffix in SUFFIXES]
-        if not self.is_s3:
-            return [n for n in names if (Path(self.root) / n).is_file()]
-        bucket, prefix = self._bucket_prefix()
-        found = []
-        client = self._s3()
-        for name in names:
-            key = f"{prefix}/{name}" if prefix else name
-            try:
-                client.head_object(Bucket=bucket, Key=key)
-            except ClientError as exc:
-                if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
-                    continue
-                raise
-            found.append(name)
-        return found
-
-    def open(self, name: str) -> BinaryIO:
-        """The file as a stream: read in chunks, never loaded whole (a day may be 1 GB)."""
-        if not self.is_s3:
-            return (Path(self.root) / name).open("rb")
-        bucket, prefix = self._bucket_prefix()
-        key = f"{prefix}/{name}" if prefix else name
-        body = self._s3().get_object(Bucket=bucket, Key=key)["Body"]
-        return io.BufferedReader(_Readable(body), buffer_size=1 << 20)
-
-    def lines(self, name: str) -> Iterator[ArchiveLine]:
-        """The file's non-empty lines, streamed; a corrupt gzip tail raises after the good
-        lines (memory stays at one buffer and one line, whatever the file's size)."""
-        number = 0
-        with self.open(name) as raw_stream:
-            stream: BinaryIO = (
-                gzip.GzipFile(fileobj=raw_stream)  # type: ignore[assignment]
-                if name.endswith(".gz")
-                else raw_stream
-            )
-            try:
-                for number, raw in enumerate(stream, start=1):
-                    stripped = raw.rstrip(b"\r\n")
-                    if stripped.strip():
-                        yield ArchiveLine(name, number, stripped)
-            except (EOFError, OSError, zlib.error) as exc:
-                raise ArchiveTailError(name, number + 1, f"{type(exc).__name__}: {exc}") from exc
+    def get_client(self) -> Archive:
+        return Archive(root=self.root, aws=aws_config(self))
 
 
-class _Readable(io.RawIOBase):
-    """An S3 body as a raw stream, so gzip and line buffering read it chunk by chunk."""
-
-    def __init__(self, body) -> None:
-        self.body = body
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer) -> int:
-        chunk = self.body.read(len(buffer))
-        buffer[: len(chunk)] = chunk
-        return len(chunk)
-
-    def close(self) -> None:
-        self.body.close()
-        super().close()
+@dg.definitions
+def defs() -> dg.Definitions:
+    return dg.Definitions(resources={"archive": ArchiveResource.from_settings(ArchiveSettings())})

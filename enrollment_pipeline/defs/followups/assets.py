@@ -1,4 +1,4 @@
-"""`send_broker_followups`: the hourly broker emails, their asset and their schedule."""
+"""`broker_followup_emails`: the hourly broker emails of Contract 3, and what each run did."""
 
 from datetime import UTC, datetime
 
@@ -6,18 +6,19 @@ import dagster as dg
 import pandas as pd
 from pydantic import Field
 
-from enrollment_pipeline.defs.email.resources import EmailSender
-from enrollment_pipeline.defs.ingestion.assets import BROKER_FOLLOWUPS, GROUP, OWNERS
+from enrollment_pipeline.defs.datasets import (
+    BROKER_FOLLOWUP_EMAILS,
+    BROKER_FOLLOWUPS,
+    GROUP,
+    OWNERS,
+)
+from enrollment_pipeline.defs.email.resources import EmailResource
 from enrollment_pipeline.defs.mongo.resources import MongoResource
-from enrollment_pipeline.defs.pipeline_settings import PipelineSettingsResource
+from enrollment_pipeline.defs.pools import FOLLOWUP_POOL
+from enrollment_pipeline.defs.settings.resources import PipelineSettingsResource
 from enrollment_pipeline.domain.events import to_utc
 from enrollment_pipeline.lib.followups.run import FollowupReport, send_followups
 from enrollment_pipeline.lib.mongo.followup_store import FollowupStore
-from enrollment_pipeline.settings import PipelineSettings
-
-BROKER_FOLLOWUP_EMAILS = dg.AssetKey("broker_followup_emails")
-# One follow-up run at a time: two would race for the same due follow-ups.
-FOLLOWUP_POOL = "broker_followups"
 
 
 class FollowupRunConfig(dg.Config):
@@ -51,12 +52,13 @@ def broker_followup_emails(
     context: dg.AssetExecutionContext,
     config: FollowupRunConfig,
     mongo: MongoResource,
-    email: dg.ResourceParam[EmailSender],
+    email: EmailResource,
     settings: PipelineSettingsResource,
 ) -> dg.MaterializeResult:
     as_of = config.instant()
-    store = FollowupStore.of(mongo)
-    with mongo.explained_errors(), email.session() as send:
+    db = mongo.get_client()
+    store = FollowupStore.of(db)
+    with db.explained_errors(), email.get_client().session() as send:
         report = send_followups(
             store,
             send,
@@ -121,42 +123,6 @@ def run_metadata(report: FollowupReport, store: FollowupStore, *, as_of: datetim
     }
 
 
-send_broker_followups = dg.define_asset_job(
-    "send_broker_followups",
-    selection=[BROKER_FOLLOWUP_EMAILS],
-    executor_def=dg.in_process_executor,
-    tags={"dagster/max_runtime": 3000},
-    description="Email brokers whose signature is overdue, at `as_of` (default now).",
-)
-
-
-def followup_schedule(settings: PipelineSettings) -> dg.ScheduleDefinition:
-    """Hourly by default (FOLLOWUP_SCHEDULE_CRON, FOLLOWUP_SCHEDULE_TIMEZONE); off until an
-    operator turns it on, since it emails real brokers."""
-
-    @dg.schedule(
-        name="hourly_broker_followups",
-        job=send_broker_followups,
-        cron_schedule=settings.followup_schedule_cron,
-        execution_timezone=settings.followup_schedule_timezone,
-        default_status=dg.DefaultScheduleStatus.STOPPED,
-        description="Send the broker follow-ups due at each tick (as_of = the tick's time).",
-    )
-    def hourly_broker_followups(context: dg.ScheduleEvaluationContext) -> dg.RunRequest:
-        as_of = to_utc(context.scheduled_execution_time).isoformat()
-        return dg.RunRequest(
-            run_key=as_of,
-            run_config=dg.RunConfig(ops={"broker_followup_emails": FollowupRunConfig(as_of=as_of)}),
-            tags={"enrollment/as_of": as_of},
-        )
-
-    return hourly_broker_followups
-
-
 @dg.definitions
 def defs() -> dg.Definitions:
-    return dg.Definitions(
-        assets=[broker_followup_emails],
-        jobs=[send_broker_followups],
-        schedules=[followup_schedule(PipelineSettings())],
-    )
+    return dg.Definitions(assets=[broker_followup_emails])

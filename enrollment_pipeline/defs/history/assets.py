@@ -1,5 +1,5 @@
-"""The archive backfill (`historic_enrollment_events`, job `backfill_enrollment_history`) and
-`rebuild_read_model`: both write the read model, so they share ingestion's pool."""
+"""`historic_enrollment_events`: days of the archive backfilled into the event store and the
+read model (Contract 5). It writes the read model, so it shares ingestion's pool."""
 
 from datetime import timedelta
 
@@ -7,16 +7,14 @@ import dagster as dg
 from pydantic import Field
 
 from enrollment_pipeline.defs.archive.resources import ArchiveResource
-from enrollment_pipeline.defs.ingestion.assets import APPLICATIONS, GROUP, HISTORIC_EVENTS, OWNERS
-from enrollment_pipeline.defs.ingestion.jobs import READ_MODEL_POOL
+from enrollment_pipeline.defs.datasets import ARCHIVE, GROUP, HISTORIC_EVENTS, OWNERS
 from enrollment_pipeline.defs.kafka.resources import KafkaResource
 from enrollment_pipeline.defs.mongo.resources import MongoResource
-from enrollment_pipeline.defs.pipeline_settings import PipelineSettingsResource
-from enrollment_pipeline.lib.backfill import backfill_days, rebuild_read_model
+from enrollment_pipeline.defs.pools import READ_MODEL_POOL
+from enrollment_pipeline.defs.settings.resources import PipelineSettingsResource
+from enrollment_pipeline.lib.backfill import backfill_days
 from enrollment_pipeline.lib.mongo.store import EnrollmentStore
-from enrollment_pipeline.settings import PipelineSettings
-
-ARCHIVE = dg.AssetKey("enrollment_archive")
+from enrollment_pipeline.settings import ArchiveSettings
 
 
 def archive_spec() -> dg.AssetSpec:
@@ -30,12 +28,9 @@ def archive_spec() -> dg.AssetSpec:
     )
 
 
-MAX_RUNTIME_SECONDS = 6 * 3600
-
-
 def archive_partitions() -> dg.DailyPartitionsDefinition:
     """One partition per archive day (UTC), from ARCHIVE_START_DATE."""
-    start = PipelineSettings().archive_start_date
+    start = ArchiveSettings().archive_start_date
     return dg.DailyPartitionsDefinition(start_date=start.isoformat(), timezone="UTC")
 
 
@@ -74,14 +69,15 @@ def historic_enrollment_events_asset(partitions: dg.DailyPartitionsDefinition):
         first, end = window.start.date(), window.end.date()
         days = [first + timedelta(days=n) for n in range((end - first).days)]
         publish = (
-            (lambda messages: kafka.produce_batch(settings.lead_topic, messages))
+            (lambda messages: kafka.get_client().produce_batch(settings.lead_topic, messages))
             if config.publish_leads
             else None
         )
-        with mongo.explained_errors():
+        db = mongo.get_client()
+        with db.explained_errors():
             report = backfill_days(
-                archive,
-                EnrollmentStore.of(mongo),
+                archive.get_client(),
+                EnrollmentStore.of(db),
                 days,
                 publish_leads=publish,
                 max_record_bytes=settings.ingest_max_record_bytes,
@@ -112,51 +108,8 @@ def historic_enrollment_events_asset(partitions: dg.DailyPartitionsDefinition):
     return historic_enrollment_events
 
 
-@dg.op(pool=READ_MODEL_POOL)
-def refold_every_application(context: dg.OpExecutionContext, mongo: MongoResource) -> None:
-    """Recompute `applications` and the fold-owned follow-up fields from the event store."""
-    with mongo.explained_errors():
-        report = rebuild_read_model(EnrollmentStore.of(mongo))
-    context.log_event(
-        dg.AssetMaterialization(
-            APPLICATIONS,
-            metadata={
-                "applications": report.applications,
-                "events": report.events,
-                "documents_changed": report.documents_changed,
-                "documents_created": report.documents_created,
-                "followups_written": report.followups_written,
-                "passes_over_the_event_store": report.passes,
-                "seconds": round(report.seconds, 1),
-            },
-        )
-    )
-    context.log.info(
-        f"rebuilt {report.applications} applications from {report.events} events: "
-        f"{report.documents_created} created, {report.documents_changed} changed"
-    )
-
-
-@dg.job(
-    name="rebuild_read_model",
-    executor_def=dg.in_process_executor,
-    tags={"dagster/max_runtime": MAX_RUNTIME_SECONDS},
-    description="Recompute the read model from the event store (disaster recovery, or after "
-    "a projection change); the email job's follow-up fields and attempts are kept.",
-)
-def rebuild_read_model_job() -> None:
-    refold_every_application()
-
-
 @dg.definitions
 def defs() -> dg.Definitions:
-    partitions = archive_partitions()
-    asset = historic_enrollment_events_asset(partitions)
-    backfill = dg.define_asset_job(
-        "backfill_enrollment_history",
-        selection=[HISTORIC_EVENTS],
-        executor_def=dg.in_process_executor,
-        tags={"dagster/max_runtime": MAX_RUNTIME_SECONDS},
-        description="Backfill days of the historic archive into the event store and read model.",
+    return dg.Definitions(
+        assets=[archive_spec(), historic_enrollment_events_asset(archive_partitions())]
     )
-    return dg.Definitions(assets=[archive_spec(), asset], jobs=[backfill, rebuild_read_model_job])

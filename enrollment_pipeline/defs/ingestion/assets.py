@@ -1,38 +1,40 @@
-"""The datasets ingestion writes, and the health checks a user sees next to them.
+"""`ingest_offset_range`: one micro-batch over exact offset ranges, the four datasets it writes.
 
-They are written by several jobs (ingestion, backfill, rebuild), so they are declared once
-as asset specs and each job reports its materializations with the batch's numbers.
+The topic is an external asset (written by the upstream systems). The datasets a batch writes
+are the outputs of one multi-asset, so the asset graph shows where they come from and which
+sensor keeps them fresh.
 """
-
-from datetime import UTC, datetime, timedelta
 
 import dagster as dg
 
-from enrollment_pipeline.defs.kafka.resources import KafkaResource
-from enrollment_pipeline.defs.mongo.resources import DEAD_LETTERS, ENROLLMENT_EVENTS, MongoResource
-from enrollment_pipeline.defs.pipeline_settings import PipelineSettingsResource
-from enrollment_pipeline.domain.offset_ranges import lag
-from enrollment_pipeline.lib.mongo.store import EnrollmentStore
-from enrollment_pipeline.settings import READ_MODEL_GROUP
-
-GROUP = "enrollment"
-APPLICATIONS = dg.AssetKey("applications")
-BROKER_FOLLOWUPS = dg.AssetKey("broker_followups")
-DEAD_LETTERS_ASSET = dg.AssetKey("dead_letters")
-LEAD_EVENTS = dg.AssetKey("lead_integration_events")
-
-DEAD_LETTER_RATE_CHECK = dg.AssetCheckKey(DEAD_LETTERS_ASSET, "dead_letter_rate")
-CONSUMER_LAG_CHECK = dg.AssetCheckKey(APPLICATIONS, "consumer_lag")
-
-OWNERS = ["team:enrollment-data"]
-ENROLLMENT_TOPIC_ASSET = dg.AssetKey("enrollment_events_topic")
-HISTORIC_EVENTS = dg.AssetKey("historic_enrollment_events")
-KEPT_FRESH_BY_SENSOR = (
-    "Kept fresh by `enrollment_events_sensor` (every 15 s), job `ingest_enrollment_events`."
+from enrollment_pipeline.defs.datasets import (
+    APPLICATIONS,
+    BROKER_FOLLOWUPS,
+    DEAD_LETTERS,
+    ENROLLMENT_TOPIC,
+    GROUP,
+    LEAD_EVENTS,
+    OWNERS,
+    check_evaluation,
+    ingested_dataset_specs,
 )
+from enrollment_pipeline.defs.ingestion.checks import (
+    BATCH_DEAD_LETTER_RATE_CHECK,
+    batch_dead_letter_rate_spec,
+    lag_result,
+    rate_result,
+)
+from enrollment_pipeline.defs.kafka.resources import KafkaResource
+from enrollment_pipeline.defs.mongo.resources import MongoResource
+from enrollment_pipeline.defs.offset_ranges import OffsetRangeConfig, range_metadata
+from enrollment_pipeline.defs.pools import READ_MODEL_POOL
+from enrollment_pipeline.defs.settings.resources import PipelineSettingsResource
+from enrollment_pipeline.lib.ingestion.batch import BatchReport
+from enrollment_pipeline.lib.ingestion.run import ingest_range
+from enrollment_pipeline.lib.mongo.store import EnrollmentStore
 
 enrollment_events_topic = dg.AssetSpec(
-    ENROLLMENT_TOPIC_ASSET,
+    ENROLLMENT_TOPIC,
     group_name=GROUP,
     kinds={"kafka"},
     owners=OWNERS,
@@ -41,105 +43,96 @@ enrollment_events_topic = dg.AssetSpec(
 )
 
 
-def dataset_specs() -> list[dg.AssetSpec]:
-    """What one ingestion batch writes (the outputs of the `ingest_offset_range` multi-asset)."""
-    return [
-        dg.AssetSpec(
-            APPLICATIONS,
-            deps=[ENROLLMENT_TOPIC_ASSET, HISTORIC_EVENTS],
-            group_name=GROUP,
-            kinds={"mongodb"},
-            owners=OWNERS,
-            description="Read model (`applications`): one document per application, the fold "
-            f"of its events from Kafka and from archive backfills. {KEPT_FRESH_BY_SENSOR} "
-            "`rebuild_read_model` recomputes it from the event store.",
-        ),
-        dg.AssetSpec(
-            BROKER_FOLLOWUPS,
-            deps=[ENROLLMENT_TOPIC_ASSET],
-            group_name=GROUP,
-            kinds={"mongodb"},
-            owners=OWNERS,
-            description="The follow-up queue (`broker_followups`): applications whose broker has "
-            f"not signed yet. {KEPT_FRESH_BY_SENSOR}",
-        ),
-        dg.AssetSpec(
-            DEAD_LETTERS_ASSET,
-            deps=[ENROLLMENT_TOPIC_ASSET],
-            group_name=GROUP,
-            kinds={"mongodb"},
-            owners=OWNERS,
-            description="Rejected input (`dead_letters`), kept whole with its position and reason; "
-            "`enrollment-pipeline dead-letters list|show|redrive`.",
-        ),
-        dg.AssetSpec(
-            LEAD_EVENTS,
-            deps=[ENROLLMENT_TOPIC_ASSET],
-            group_name=GROUP,
-            kinds={"kafka"},
-            owners=OWNERS,
-            description="Lead-integration events for consenting applicants (Contract 4), on the "
-            f"`lead-integration-events` topic. {KEPT_FRESH_BY_SENSOR}",
-        ),
-    ]
-
-
-@dg.asset_check(asset=DEAD_LETTERS_ASSET, name="dead_letter_rate")
-def dead_letter_rate(
-    mongo: MongoResource, settings: PipelineSettingsResource
-) -> dg.AssetCheckResult:
-    """Share of the last hour's input that was dead-lettered (INGEST_MAX_DEAD_LETTER_RATE)."""
-    since = datetime.now(UTC) - timedelta(hours=1)
-    db = mongo.db()
-    rejected = db[DEAD_LETTERS].count_documents({"first_seen_at": {"$gte": since}})
-    stored = db[ENROLLMENT_EVENTS].count_documents({"stored_at": {"$gte": since}})
-    return rate_result(rejected, rejected + stored, settings.ingest_max_dead_letter_rate)
-
-
-@dg.asset_check(asset=APPLICATIONS, name="consumer_lag")
-def consumer_lag(
-    kafka: KafkaResource, mongo: MongoResource, settings: PipelineSettingsResource
-) -> dg.AssetCheckResult:
-    """Events on the topic not yet applied (INGEST_MAX_CONSUMER_LAG)."""
-    committed = EnrollmentStore.of(mongo).committed_offsets(
-        READ_MODEL_GROUP, settings.enrollment_topic
-    )
-    left = lag(committed, kafka.end_offsets(settings.enrollment_topic))
-    return lag_result(left, settings.ingest_max_consumer_lag)
-
-
-def rate_result(rejected: int, total: int, threshold: float) -> dg.AssetCheckResult:
-    rate = rejected / total if total else 0.0
-    return dg.AssetCheckResult(
-        check_name=DEAD_LETTER_RATE_CHECK.name,
-        asset_key=DEAD_LETTERS_ASSET,
-        passed=rate <= threshold,
-        severity=dg.AssetCheckSeverity.WARN,
+@dg.multi_asset(
+    name="ingest_offset_range",
+    specs=ingested_dataset_specs(),
+    check_specs=[batch_dead_letter_rate_spec],
+    pool=READ_MODEL_POOL,
+    can_subset=False,
+    description="Apply one offset range of enrollment-events (the sensor gives it) to the "
+    "event store, the read model, the follow-up queue and the lead topic.",
+)
+def ingest_offset_range(
+    context: dg.AssetExecutionContext,
+    config: OffsetRangeConfig,
+    kafka: KafkaResource,
+    mongo: MongoResource,
+    settings: PipelineSettingsResource,
+):
+    """Apply one offset range and report what it did on the four datasets."""
+    plan = config.plan()
+    if plan is None:
+        context.log.info("no offset ranges in the run config: nothing to ingest")
+        for key in (APPLICATIONS, BROKER_FOLLOWUPS, DEAD_LETTERS, LEAD_EVENTS):
+            yield dg.MaterializeResult(asset_key=key, metadata={"events_read": 0})
+        yield rate_result(BATCH_DEAD_LETTER_RATE_CHECK, 0, 0, settings.ingest_max_dead_letter_rate)
+        return
+    db = mongo.get_client()
+    with db.explained_errors():  # a stalled server fails the run; the sensor retries
+        result = ingest_range(
+            kafka.get_client(),
+            EnrollmentStore.of(db),
+            plan,
+            lead_topic=settings.lead_topic,
+            max_record_bytes=settings.ingest_max_record_bytes,
+            run_id=context.run.run_id,
+        )
+    report: BatchReport = result.report
+    common = {"offset_ranges": range_metadata(plan), "events_read": report.events_read}
+    yield dg.MaterializeResult(
+        asset_key=APPLICATIONS,
         metadata={
-            "rate": rate,
-            "dead_lettered": rejected,
-            "records": total,
-            "threshold": threshold,
+            **common,
+            "events_applied": report.applied,
+            "duplicates": report.duplicates,
+            "anomalies": report.anomalies,
+            "applications_touched": report.applications_touched,
+            # Refolded from the event store because of late or replayed events.
+            "applications_reread": report.applications_reread,
+            "events_reread": report.events_reread,
+            "applications_written": report.applications_written,
+            "lag_left": result.lag_left,
         },
     )
-
-
-def lag_result(left: int, threshold: int) -> dg.AssetCheckResult:
-    return dg.AssetCheckResult(
-        check_name=CONSUMER_LAG_CHECK.name,
-        asset_key=APPLICATIONS,
-        passed=left <= threshold,
-        severity=dg.AssetCheckSeverity.WARN,
-        metadata={"lag": left, "threshold": threshold},
+    yield dg.MaterializeResult(
+        asset_key=BROKER_FOLLOWUPS,
+        metadata={
+            **common,
+            "followups_opened": report.followups_opened,
+            "followups_closed": report.followups_closed,
+            "followups_written": report.followups_written,
+        },
+    )
+    yield dg.MaterializeResult(
+        asset_key=DEAD_LETTERS,
+        metadata={
+            **common,
+            "dead_lettered": report.dead_lettered,
+            "reasons": dict(report.dead_letter_reasons),
+        },
+    )
+    yield dg.MaterializeResult(
+        asset_key=LEAD_EVENTS, metadata={**common, "leads_published": report.leads_published}
+    )
+    yield rate_result(
+        BATCH_DEAD_LETTER_RATE_CHECK,
+        report.dead_lettered,
+        report.events_read,
+        settings.ingest_max_dead_letter_rate,
+    )
+    context.log_event(
+        check_evaluation(lag_result(result.lag_left, settings.ingest_max_consumer_lag))
+    )
+    for error in result.kafka_commit_errors:
+        context.log.warning(f"Kafka group offset commit failed (Mongo holds them): {error}")
+    context.log.info(
+        f"range {plan.key}: read {report.events_read}, applied {report.applied}, "
+        f"duplicates {report.duplicates}, dead-lettered {report.dead_lettered}, "
+        f"written {report.applications_written}, leads {report.leads_published}, "
+        f"lag left {result.lag_left}"
     )
 
 
-def as_evaluation(result: dg.AssetCheckResult) -> dg.AssetCheckEvaluation:
-    """The same verdict logged from a job's op (ops report checks as evaluations)."""
-    return dg.AssetCheckEvaluation(
-        asset_key=result.asset_key,
-        check_name=result.check_name,
-        passed=result.passed,
-        metadata=result.metadata,
-        severity=result.severity,
-    )
+@dg.definitions
+def defs() -> dg.Definitions:
+    return dg.Definitions(assets=[enrollment_events_topic, ingest_offset_range])

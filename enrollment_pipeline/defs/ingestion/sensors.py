@@ -1,8 +1,10 @@
 """`enrollment_events_sensor`: keep the enrollment groups caught up, one exact range per run."""
 
+import dagster as dg
+
 from enrollment_pipeline.defs.ingestion.jobs import ingest_enrollment_events
 from enrollment_pipeline.defs.offset_ranges import offset_range_sensor
-from enrollment_pipeline.settings import READ_MODEL_GROUP
+from enrollment_pipeline.lib.consumer_groups import READ_MODEL_GROUP
 
 enrollment_events_sensor = offset_range_sensor(
     name="enrollment_events_sensor",
@@ -14,3 +16,8 @@ enrollment_events_sensor = offset_range_sensor(
     op_name="ingest_offset_range",
     description="Launch a micro-batch over the enrollment-events offsets not yet applied.",
 )
+
+
+@dg.definitions
+def defs() -> dg.Definitions:
+    return dg.Definitions(sensors=[enrollment_events_sensor])

@@ -1,273 +1,54 @@
-"""Kafka through kafka-python: topics, end offsets, exact-range reads, batch produce, group offsets.
-
-Delivery guarantee: `produce_batch` returns only when every record is acknowledged by all
-in-sync replicas (each send's future is checked; `flush()` alone does not raise), so callers
-may commit offsets after it. `read_range` reads exactly `[start, end)` with assign/seek, no
-group membership, so a run never triggers a rebalance.
-"""
+"""`kafka`: the Kafka cluster, as a thin resource over `lib/clients/kafka.KafkaClient`."""
 
 from __future__ import annotations
 
-import time
-from collections.abc import Iterable, Mapping, Sequence
-from contextlib import contextmanager
-from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Literal
 
 import dagster as dg
-from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
-from kafka.errors import KafkaError, RetriableError, TopicAlreadyExistsError
-from kafka.structs import OffsetAndMetadata
 from pydantic import Field, PrivateAttr
-from tenacity import retry, retry_if_exception_type, stop_after_delay, wait_fixed
 
-# Group coordinators answer "not available" until `__consumer_offsets` exists (it is created
-# on first use) or while it loads after a restart: such admin calls are retried briefly.
-_retry_coordinator = retry(
-    retry=retry_if_exception_type(RetriableError),
-    stop=stop_after_delay(20),
-    wait=wait_fixed(0.5),
-    reraise=True,
-)
-
-
-class KafkaUnavailableError(RuntimeError):
-    """The cluster did not answer; the message names the setting to check."""
-
-
-class OffsetOutOfRangeError(RuntimeError):
-    """A requested range starts below the log start offset: records were deleted unread."""
-
-
-@dataclass(frozen=True)
-class Record:
-    """One Kafka record as read, bytes untouched (parsing happens in the domain)."""
-
-    topic: str
-    partition: int
-    offset: int
-    key: bytes | None
-    value: bytes | None
-    timestamp_ms: int
+from enrollment_pipeline.defs.secrets import secret_env
+from enrollment_pipeline.lib.clients.kafka import KafkaClient, KafkaConfig
+from enrollment_pipeline.settings import KafkaSettings
 
 
 class KafkaResource(dg.ConfigurableResource):
-    """Connection settings for one Kafka cluster (KAFKA_* variables of Contract 6)."""
+    """One Kafka cluster (the KAFKA_* variables of Contract 6); `get_client()` is the client,
+    made on first use and closed when the run or the sensor tick ends."""
 
     bootstrap_servers: str = Field(description="host:port[,host:port], KAFKA_BOOTSTRAP_SERVERS")
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
     sasl_mechanism: str | None = Field(default=None, description="PLAIN, SCRAM-SHA-256, …")
     sasl_username: str | None = None
-    sasl_password: str | None = Field(default=None, description="set with dg.EnvVar")
+    sasl_password: str | None = Field(default=None, description="KAFKA_SASL_PASSWORD (EnvVar)")
     ssl_cafile: str | None = None
-    client_id: str = "enrollment-pipeline"
-    request_timeout_ms: int = 15_000
-    # An unreachable cluster must fail a run in seconds, not hang it.
-    bootstrap_timeout_ms: int = 10_000
-    max_block_ms: int = 10_000
 
-    # Clients are made on first use and kept for the run (connections and metadata are
-    # costly to set up); `close()` or the end of the run closes them.
-    _admin_client: KafkaAdminClient | None = PrivateAttr(default=None)
-    _metadata_consumer: KafkaConsumer | None = PrivateAttr(default=None)
-    _producer: KafkaProducer | None = PrivateAttr(default=None)
+    _client: KafkaClient | None = PrivateAttr(default=None)
+
+    @classmethod
+    def from_settings(cls, settings: KafkaSettings) -> KafkaResource:
+        config = KafkaConfig.from_settings(settings)
+        return cls.from_config(config, sasl_password=secret_env("KAFKA_SASL_PASSWORD"))
+
+    @classmethod
+    def from_config(cls, config: KafkaConfig, **overrides: object) -> KafkaResource:
+        """The resource of a client's configuration (secrets may be given as `dg.EnvVar`)."""
+        fields = {name: getattr(config, name) for name in cls.model_fields}
+        return cls(**{**fields, **overrides})
+
+    def get_client(self) -> KafkaClient:
+        if self._client is None:
+            self._client = KafkaClient(
+                KafkaConfig(**{name: getattr(self, name) for name in type(self).model_fields})
+            )
+        return self._client
 
     def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
-        self.close()
+        if self._client is not None:
+            self._client.close()
+            self._client = None
 
-    def close(self) -> None:
-        for client in (self._admin_client, self._metadata_consumer):
-            if client is not None:
-                client.close()
-        if self._producer is not None:
-            self._producer.close(timeout=5)
-        self._admin_client = self._metadata_consumer = self._producer = None
 
-    def _common(self) -> dict[str, Any]:
-        config: dict[str, Any] = {
-            "bootstrap_servers": self.bootstrap_servers.split(","),
-            "security_protocol": self.security_protocol,
-            "client_id": self.client_id,
-            "request_timeout_ms": self.request_timeout_ms,
-            "bootstrap_timeout_ms": self.bootstrap_timeout_ms,
-        }
-        if self.sasl_mechanism:
-            config.update(
-                sasl_mechanism=self.sasl_mechanism,
-                sasl_plain_username=self.sasl_username,
-                sasl_plain_password=self.sasl_password,
-            )
-        if self.ssl_cafile:
-            config["ssl_cafile"] = self.ssl_cafile
-        return config
-
-    def _unavailable(self, exc: Exception) -> KafkaUnavailableError:
-        return KafkaUnavailableError(
-            f"Kafka at {self.bootstrap_servers} did not answer ({type(exc).__name__}: {exc}); "
-            "check KAFKA_BOOTSTRAP_SERVERS and KAFKA_SECURITY_PROTOCOL"
-        )
-
-    @contextmanager
-    def admin(self):
-        """The admin client (kept for the run)."""
-        if self._admin_client is None:
-            try:
-                self._admin_client = KafkaAdminClient(**self._common())
-            except (KafkaError, OSError) as exc:
-                raise self._unavailable(exc) from exc
-        yield self._admin_client
-
-    def _metadata(self) -> KafkaConsumer:
-        """A consumer without assignment, for partitions and offsets (kept for the run)."""
-        if self._metadata_consumer is None:
-            self._metadata_consumer = self._consumer()
-        return self._metadata_consumer
-
-    def _consumer(self) -> KafkaConsumer:
-        try:
-            return KafkaConsumer(
-                **self._common(),
-                group_id=None,
-                enable_auto_commit=False,
-                auto_offset_reset="none",
-                max_partition_fetch_bytes=4 * 1024 * 1024,
-            )
-        except (KafkaError, OSError) as exc:
-            raise self._unavailable(exc) from exc
-
-    def ensure_topics(self, topics: Iterable[str], *, partitions: int) -> None:
-        """Create the topics that do not exist yet, with `partitions` partitions each."""
-        with self.admin() as admin:
-            existing = set(admin.list_topics())
-            missing = [t for t in topics if t not in existing]
-            if not missing:
-                return
-            try:
-                admin.create_topics(
-                    {t: {"num_partitions": partitions, "replication_factor": 1} for t in missing},
-                    wait_for_metadata=True,
-                )
-            except TopicAlreadyExistsError:
-                pass  # another process created it meanwhile
-
-    def delete_topics(self, topics: Sequence[str]) -> None:
-        with self.admin() as admin:
-            admin.delete_topics(list(topics))
-
-    def partitions(self, topic: str) -> list[int]:
-        found = self._metadata().partitions_for_topic(topic)
-        if not found:
-            raise KafkaUnavailableError(
-                f"topic {topic!r} does not exist on {self.bootstrap_servers}; "
-                "create it (enrollment-pipeline stack up does) or check ENROLLMENT_TOPIC/LEAD_TOPIC"
-            )
-        return sorted(found)
-
-    def end_offsets(self, topic: str) -> dict[int, int]:
-        """The next offset to be written, per partition (no group join)."""
-        tps = [TopicPartition(topic, p) for p in self.partitions(topic)]
-        return {tp.partition: off for tp, off in self._metadata().end_offsets(tps).items()}
-
-    def offsets_at(self, topic: str, when_ms: int, partitions: Sequence[int]) -> dict[int, int]:
-        """The first offset at or after a timestamp per partition (the end when none)."""
-        consumer = self._metadata()
-        tps = [TopicPartition(topic, p) for p in partitions]
-        found = consumer.offsets_for_times({tp: when_ms for tp in tps})
-        ends = consumer.end_offsets(tps)
-        return {tp.partition: at.offset if at is not None else ends[tp] for tp, at in found.items()}
-
-    def read_range(
-        self, topic: str, ranges: Mapping[int, tuple[int, int]], *, timeout_s: float = 60.0
-    ) -> list[Record]:
-        """Every record of `[start, end)` for each partition, in offset order per partition.
-
-        Stops a partition when its position reaches `end` (compaction or transaction markers
-        may hide `end - 1`). Fails if a start is below the log start offset, or at the deadline.
-        """
-        wanted = {p: r for p, r in ranges.items() if r[1] > r[0]}
-        if not wanted:
-            return []
-        consumer = self._consumer()
-        try:
-            tps = {p: TopicPartition(topic, p) for p in wanted}
-            consumer.assign(list(tps.values()))
-            beginnings = consumer.beginning_offsets(list(tps.values()))
-            for p, (start, _end) in wanted.items():
-                if start < beginnings[tps[p]]:
-                    raise OffsetOutOfRangeError(
-                        f"{topic}[{p}] starts at {beginnings[tps[p]]} but the range starts at "
-                        f"{start}: records were deleted before they were read"
-                    )
-                consumer.seek(tps[p], start)
-            records: list[Record] = []
-            pending = set(wanted)
-            deadline = time.monotonic() + timeout_s
-            while pending:
-                if time.monotonic() > deadline:
-                    raise TimeoutError(
-                        f"reading {topic} ranges {dict(wanted)} did not finish in {timeout_s} s; "
-                        f"partitions left: {sorted(pending)}"
-                    )
-                batch = consumer.poll(timeout_ms=500, max_records=10_000)
-                for tp, messages in batch.items():
-                    end = wanted[tp.partition][1]
-                    for m in messages:
-                        if m.offset < end:
-                            records.append(
-                                Record(m.topic, m.partition, m.offset, m.key, m.value, m.timestamp)
-                            )
-                for p in list(pending):
-                    if consumer.position(tps[p]) >= wanted[p][1]:
-                        pending.discard(p)
-                        consumer.pause(tps[p])
-            return records
-        finally:
-            consumer.close()
-
-    def produce_batch(self, topic: str, messages: Sequence[tuple[bytes, bytes]]) -> int:
-        """Send (key, value) pairs with acks=all, one flush, every future checked."""
-        if not messages:
-            return 0
-        if self._producer is None:
-            try:
-                self._producer = KafkaProducer(
-                    **self._common(),
-                    acks="all",
-                    linger_ms=5,
-                    max_block_ms=self.max_block_ms,
-                    retries=5,
-                )
-            except (KafkaError, OSError) as exc:
-                raise self._unavailable(exc) from exc
-        producer = self._producer
-        futures = [producer.send(topic, key=key, value=value) for key, value in messages]
-        producer.flush(timeout=self.request_timeout_ms / 1000 * 2)
-        for future in futures:
-            future.get(timeout=self.request_timeout_ms / 1000)  # raises the send's error
-        return len(futures)
-
-    @_retry_coordinator
-    def commit_group_offsets(self, group: str, topic: str, offsets: Mapping[int, int]) -> None:
-        """Commit `offsets` (next offset to read, per partition) for `group`; errors raise."""
-        if not offsets:
-            return
-        with self.admin() as admin:
-            result = admin.alter_group_offsets(
-                group,
-                {
-                    TopicPartition(topic, p): OffsetAndMetadata(o, "", -1)
-                    for p, o in offsets.items()
-                },
-            )
-        failed = {tp: err for tp, err in result.items() if err is not None and err.errno != 0}
-        if any(issubclass(err, RetriableError) for err in failed.values()):
-            raise next(err for err in failed.values() if issubclass(err, RetriableError))()
-        if failed:
-            raise KafkaError(f"committing offsets of group {group!r} failed: {failed}")
-
-    @_retry_coordinator
-    def group_offsets(self, group: str) -> dict[tuple[str, int], int]:
-        """Committed offsets of a consumer group, as {(topic, partition): offset}."""
-        with self.admin() as admin:
-            found = admin.list_group_offsets({group: None}).get(group, {})
-        return {(tp.topic, tp.partition): meta.offset for tp, meta in found.items()}
+@dg.definitions
+def defs() -> dg.Definitions:
+    return dg.Definitions(resources={"kafka": KafkaResource.from_settings(KafkaSettings())})

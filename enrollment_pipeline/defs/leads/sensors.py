@@ -9,24 +9,22 @@ from datetime import UTC, datetime
 
 import dagster as dg
 
-from enrollment_pipeline.defs.leads.jobs import DeliverLeadsConfig, deliver_leads
-from enrollment_pipeline.defs.mongo.resources import MongoResource
-from enrollment_pipeline.defs.offset_ranges import (
-    FAILED,
-    IN_FLIGHT,
-    offset_range_sensor,
-)
-from enrollment_pipeline.defs.pipeline_settings import PipelineSettingsResource
+from enrollment_pipeline.defs.leads.assets import DeliverLeadsConfig
+from enrollment_pipeline.defs.leads.jobs import deliver_leads
+from enrollment_pipeline.defs.offset_ranges import offset_range_sensor
+from enrollment_pipeline.defs.settings.resources import PipelineSettingsResource
 from enrollment_pipeline.domain.events import to_utc
+from enrollment_pipeline.lib.clients.mongo import MongoConnection
+from enrollment_pipeline.lib.consumer_groups import LEAD_INTEGRATION_GROUP
+from enrollment_pipeline.lib.dagster_runs import FAILED, IN_FLIGHT
 from enrollment_pipeline.lib.mongo.lead_store import LeadDeliveryStore
-from enrollment_pipeline.settings import LEAD_INTEGRATION_GROUP
 
 RETRY_TAG = "leads/retry_parked_at"
 
 
 def _retry_parked(
     context: dg.SensorEvaluationContext,
-    mongo: MongoResource,
+    mongo: MongoConnection,
     settings: PipelineSettingsResource,
 ) -> dg.RunRequest | None:
     """A run for the parked leads whose retry time has come (none while a run is in flight)."""
@@ -63,3 +61,8 @@ lead_events_sensor = offset_range_sensor(
     description="Launch a delivery run over the lead-integration-events offsets not yet "
     "delivered, or for parked leads whose retry time has come.",
 )
+
+
+@dg.definitions
+def defs() -> dg.Definitions:
+    return dg.Definitions(sensors=[lead_events_sensor])

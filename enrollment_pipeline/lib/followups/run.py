@@ -21,11 +21,6 @@ from datetime import datetime
 
 from pymongo import UpdateOne
 
-from enrollment_pipeline.defs.email.resources import (
-    OutgoingEmail,
-    PermanentEmailError,
-    TransientEmailError,
-)
 from enrollment_pipeline.domain.followup_rules import (
     INVALID_ADDRESS,
     RECIPIENT_REJECTED,
@@ -37,6 +32,12 @@ from enrollment_pipeline.domain.followup_rules import (
     pending_digest,
     valid_address,
 )
+from enrollment_pipeline.lib.clients.email import (
+    OutgoingEmail,
+    PermanentEmailError,
+    TransientEmailError,
+)
+from enrollment_pipeline.lib.mongo.collections import Document
 from enrollment_pipeline.lib.mongo.followup_store import (
     FollowupStore,
     failed_outcome,
@@ -73,7 +74,12 @@ class FollowupReport:
 class Pacer:
     """At most `per_second` sends a second (SES quotas), spaced evenly."""
 
-    def __init__(self, per_second: float, clock=time.monotonic, sleep=time.sleep) -> None:
+    def __init__(
+        self,
+        per_second: float,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
         self.gap, self.clock, self.sleep = 1.0 / per_second, clock, sleep
         self.next_at = 0.0
 
@@ -149,8 +155,8 @@ def send_followups(
 def _attempt(
     store: FollowupStore,
     send: Send,
-    followup: dict,
-    application: dict | None,
+    followup: Document,
+    application: Document | None,
     decision: Decision,
     *,
     as_of: datetime,

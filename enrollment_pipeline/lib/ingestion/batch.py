@@ -17,7 +17,6 @@ from typing import Any
 
 from pymongo import UpdateOne
 
-from enrollment_pipeline.defs.kafka.resources import Record
 from enrollment_pipeline.domain.events import (
     EnrollmentEvent,
     Rejection,
@@ -27,7 +26,14 @@ from enrollment_pipeline.domain.events import (
 from enrollment_pipeline.domain.followup_queue import merge_followup, mongo_precision
 from enrollment_pipeline.domain.leads import leads_of
 from enrollment_pipeline.domain.projection import Application, FoldStep, fold_history
-from enrollment_pipeline.lib.mongo.store import DeadLetter, EnrollmentStore
+from enrollment_pipeline.lib.clients.kafka import Record
+from enrollment_pipeline.lib.mongo.collections import Document
+from enrollment_pipeline.lib.mongo.dead_letters import DeadLetter
+from enrollment_pipeline.lib.mongo.store import EnrollmentStore
+from enrollment_pipeline.lib.sources import Source, kafka_source
+
+# Sends (key, value) pairs to the lead topic, every one acknowledged, or raises.
+PublishLeads = Callable[[list[tuple[bytes, bytes]]], object]
 
 # Steps a test may stop a batch at, to prove a rerun converges.
 CHECKPOINTS = (
@@ -65,25 +71,6 @@ class BatchReport:
         return self.dead_lettered / self.events_read if self.events_read else 0.0
 
 
-@dataclass(frozen=True)
-class Source:
-    """Where an event came from, kept with it in the store and in dead letters."""
-
-    id: str
-    fields: Mapping[str, Any]
-    raw: bytes | None
-    key: bytes | None
-
-
-def kafka_source(record: Record) -> Source:
-    return Source(
-        id=f"kafka:{record.topic}:{record.partition}:{record.offset}",
-        fields={"topic": record.topic, "partition": record.partition, "offset": record.offset},
-        raw=record.value,
-        key=record.key,
-    )
-
-
 def parse_kafka_records(
     records: Iterable[Record], *, max_bytes: int
 ) -> list[tuple[Source, EnrollmentEvent | Rejection]]:
@@ -106,7 +93,7 @@ def apply_parsed(
     store: EnrollmentStore,
     parsed: Sequence[tuple[Source, EnrollmentEvent | Rejection]],
     *,
-    publish_leads: Callable[[list[tuple[bytes, bytes]]], None] | None,
+    publish_leads: PublishLeads | None,
     now: datetime | None = None,
     checkpoint: Callable[[str], None] = no_checkpoint,
 ) -> BatchReport:
@@ -122,7 +109,7 @@ def apply_parsed(
 
     for source, outcome in parsed:
         if isinstance(outcome, Rejection):
-            letters.append(_letter(source, outcome.reason, outcome.detail))
+            letters.append(source.letter(outcome.reason, outcome.detail))
             continue
         seen = batch_events.get(outcome.event_id)
         if seen is None:
@@ -196,9 +183,9 @@ def apply_parsed(
 
 @dataclass
 class Writes:
-    new_apps: list[dict] = field(default_factory=list)
-    changed_apps: list[dict] = field(default_factory=list)
-    new_followups: list[dict] = field(default_factory=list)
+    new_apps: list[Document] = field(default_factory=list)
+    changed_apps: list[Document] = field(default_factory=list)
+    new_followups: list[Document] = field(default_factory=list)
     followup_updates: list[UpdateOne] = field(default_factory=list)
 
 
@@ -206,7 +193,7 @@ def _fold_touched(
     store: EnrollmentStore,
     batch_by_app: Mapping[str, list[EnrollmentEvent]],
     stored_before: set[str],
-    existing_apps: Mapping[str, dict],
+    existing_apps: Mapping[str, Document],
     report: BatchReport,
 ) -> dict[str, list[FoldStep]]:
     """The fold steps of each touched application's batch events, reading as little as can be.
@@ -222,7 +209,8 @@ def _fold_touched(
         document = existing_apps.get(app_id)
         if not events:  # only a conflicting copy: refold what the store holds
             reread.append(app_id)
-        elif document is None:
+            continue
+        if document is None:
             if any(event.event_id in stored_before for event in events):
                 reread.append(app_id)
             else:
@@ -248,8 +236,8 @@ def _fold_touched(
 
 def plan_writes(
     folds: Mapping[str, list[FoldStep]],
-    existing_apps: Mapping[str, dict],
-    existing_followups: Mapping[str, dict],
+    existing_apps: Mapping[str, Document],
+    existing_followups: Mapping[str, Document],
     report: BatchReport,
 ) -> Writes:
     """The documents that change, from each touched application's fold."""
@@ -286,20 +274,8 @@ def plan_writes(
     return writes
 
 
-def _letter(source: Source, reason: str, detail: str) -> DeadLetter:
-    return DeadLetter(
-        id=source.id,
-        reason=str(reason),
-        detail=detail,
-        raw=source.raw,
-        key=source.key,
-        source=source.fields,
-    )
-
-
 def _conflict(source: Source, event_id: str, first_seen: str) -> DeadLetter:
-    return _letter(
-        source,
+    return source.letter(
         RejectReason.CONFLICTING_DUPLICATE,
         f"event_id {event_id} was first seen with other content at {first_seen}",
     )

@@ -5,8 +5,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from enrollment_pipeline.defs.kafka.resources import KafkaResource
 from enrollment_pipeline.domain.offset_ranges import RangePlan, lag
+from enrollment_pipeline.lib.clients.kafka import KafkaClient
+from enrollment_pipeline.lib.consumer_groups import ENROLLMENT_GROUPS, READ_MODEL_GROUP
 from enrollment_pipeline.lib.ingestion.batch import (
     BatchReport,
     apply_parsed,
@@ -15,7 +16,6 @@ from enrollment_pipeline.lib.ingestion.batch import (
 )
 from enrollment_pipeline.lib.mongo.store import EnrollmentStore
 from enrollment_pipeline.lib.offset_commits import check_range_start, commit_range
-from enrollment_pipeline.settings import ENROLLMENT_GROUPS, READ_MODEL_GROUP
 
 
 @dataclass
@@ -27,7 +27,7 @@ class IngestResult:
 
 
 def ingest_range(
-    kafka: KafkaResource,
+    kafka: KafkaClient,
     store: EnrollmentStore,
     plan: RangePlan,
     *,

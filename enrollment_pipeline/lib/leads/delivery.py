@@ -1,10 +1,11 @@
 """Deliver one offset range of lead-integration events to the CRM (Contract 4).
 
 Per application, leads go in offset order (the key is the application id, so they share a
-partition). A lead the CRM refuses (a 4xx other than 409) fails for good and is dead-lettered
-as `crm:{lead_event_id}`; one whose retries ran out is parked and retried after
-`park_for`. Either holds back the later leads of its application, which are parked behind it,
-while other applications flow. Applications are served by a few threads at once.
+partition; `domain/lead_queue.py` orders them). A lead the CRM refuses (a 4xx other than 409)
+fails for good and is dead-lettered as `crm:{lead_event_id}`; one whose retries ran out is
+parked and retried after `park_for`. Either holds back the later leads of its application,
+which are parked behind it, while other applications flow. Applications are served by a few
+threads at once.
 
 Order of effects: POST, then the delivery record (flushed every few hundred leads), then the
 offsets. A crash between a POST and its record makes the rerun POST again with the same
@@ -18,32 +19,33 @@ from __future__ import annotations
 import statistics
 import threading
 import time
-from collections import defaultdict
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Protocol
 
-from pymongo import UpdateOne
-
-from enrollment_pipeline.defs.crm.resources import CrmClient, DeliveryOutcome
-from enrollment_pipeline.defs.kafka.resources import KafkaResource
 from enrollment_pipeline.domain.events import RejectReason
+from enrollment_pipeline.domain.lead_queue import LeadQueue, QueuedLead, commit_points, lead_queues
 from enrollment_pipeline.domain.leads import LeadEvent, parse_lead_record
 from enrollment_pipeline.domain.offset_ranges import RangePlan
+from enrollment_pipeline.lib.clients.crm import CrmClient, DeliveryOutcome
+from enrollment_pipeline.lib.clients.kafka import KafkaClient
+from enrollment_pipeline.lib.consumer_groups import LEAD_INTEGRATION_GROUP
 from enrollment_pipeline.lib.ingestion.batch import no_checkpoint
+from enrollment_pipeline.lib.mongo import lead_store
+from enrollment_pipeline.lib.mongo.dead_letters import DeadLetter
 from enrollment_pipeline.lib.mongo.lead_store import (
     BEHIND,
     DELIVERED,
     FAILED,
     PARKED,
-    RETRIES_EXHAUSTED,
     LeadDeliveryStore,
+    queued_of,
 )
-from enrollment_pipeline.lib.mongo.store import DeadLetter, EnrollmentStore
+from enrollment_pipeline.lib.mongo.store import EnrollmentStore
 from enrollment_pipeline.lib.offset_commits import check_range_start, commit_range
-from enrollment_pipeline.settings import LEAD_INTEGRATION_GROUP
+from enrollment_pipeline.lib.sources import kafka_source
 
 # Steps a test may stop a run at, to prove the rerun converges.
 CHECKPOINTS = ("after_posts_before_records", "before_offset_commit")
@@ -60,43 +62,42 @@ class CrmUnavailableError(RuntimeError):
         self.report = report
 
 
+class _Limits(Protocol):
+    """The LEAD_* limits: `LeadDeliverySettings`, or the settings resource."""
+
+    lead_run_budget_seconds: float
+    lead_concurrency: int
+    lead_park_minutes: float
+
+
 @dataclass(frozen=True)
-class QueuedLead:
-    """One lead to deliver, with where it was read (its place in the application's order)."""
+class LeadDeliveryPolicy:
+    """How one delivery run behaves: its time budget, applications served at once, how long a
+    lead whose retries ran out waits, and the largest record read from the topic."""
 
-    lead_event_id: str
-    application_id: str
-    payload: dict[str, Any]
-    topic: str
-    partition: int
-    offset: int
-
-    @classmethod
-    def of_record(cls, lead: LeadEvent, topic: str, partition: int, offset: int) -> QueuedLead:
-        payload = lead.model_dump(mode="json")
-        return cls(lead.lead_event_id, lead.application_id, payload, topic, partition, offset)
+    budget_s: float = 600.0
+    concurrency: int = 8
+    park_for: timedelta = timedelta(minutes=15)
+    max_record_bytes: int = 1_000_000
 
     @classmethod
-    def of_document(cls, doc: Mapping[str, Any]) -> QueuedLead:
-        source = doc["source"]
+    def from_settings(cls, settings: _Limits, *, max_record_bytes: int) -> LeadDeliveryPolicy:
+        """The one mapping from the LEAD_* limits to a policy, for runs and the CLI alike."""
         return cls(
-            doc["_id"],
-            doc["application_id"],
-            doc["lead"],
-            source["topic"],
-            source["partition"],
-            source["offset"],
+            budget_s=settings.lead_run_budget_seconds,
+            concurrency=settings.lead_concurrency,
+            park_for=timedelta(minutes=settings.lead_park_minutes),
+            max_record_bytes=max_record_bytes,
         )
 
-    @property
-    def position(self) -> tuple[int, int]:
-        return (self.partition, self.offset)
-
 
 @dataclass(frozen=True)
-class Result:
+class ServedLead:
+    """A lead as this run served it: posted (`outcome`), held back behind `blocked_by`, or
+    not reached (neither)."""
+
     lead: QueuedLead
-    outcome: DeliveryOutcome | None  # None: parked behind `blocked_by`, or not reached
+    outcome: DeliveryOutcome | None
     blocked_by: str | None = None
 
     @property
@@ -136,29 +137,26 @@ class DeliveryReport:
 
 
 def deliver_range(
-    kafka: KafkaResource,
+    kafka: KafkaClient,
     store: EnrollmentStore,
     deliveries: LeadDeliveryStore,
     crm: CrmClient,
     plan: RangePlan | None,
     *,
+    policy: LeadDeliveryPolicy = LeadDeliveryPolicy(),
     redrive: bool = False,
     only_applications: set[str] | None = None,
-    budget_s: float = 600.0,
-    concurrency: int = 8,
-    park_for: timedelta = timedelta(minutes=15),
-    max_record_bytes: int = 1_000_000,
     run_id: str | None = None,
     checkpoint: Callable[[str], None] = no_checkpoint,
 ) -> DeliveryReport:
     """Deliver `plan`'s leads, and the parked leads due now (every parked or failed one on
     `redrive`, or only those of `only_applications` when given)."""
-    deadline = time.monotonic() + budget_s
+    deadline = time.monotonic() + policy.budget_s
     now = datetime.now(UTC)
     report = DeliveryReport()
     if plan is not None and plan.ranges:
         check_range_start(store, LEAD_INTEGRATION_GROUP, plan)
-        fresh, letters = _read(kafka, plan, max_record_bytes)
+        fresh, letters = _read(kafka, plan, policy.max_record_bytes)
     else:
         fresh, letters = [], []
     report.leads_read = len(fresh)
@@ -176,13 +174,13 @@ def deliver_range(
         retry_apps &= only_applications
     open_docs = deliveries.open_of({q.application_id for q in fresh} | retry_apps)
     known.update({d["_id"]: d for d in open_docs})
-    queues = _queues(fresh, open_docs, known, retry_apps)
+    queues = lead_queues(fresh, [queued_of(d) for d in open_docs], set(known), retry_apps)
 
-    results, crm_down = _deliver(crm, queues, deadline=deadline, concurrency=concurrency)
+    results, crm_down = _deliver(crm, queues, deadline=deadline, concurrency=policy.concurrency)
     for chunk_start in range(0, len(results), RECORD_CHUNK):
         chunk = results[chunk_start : chunk_start + RECORD_CHUNK]
         checkpoint("after_posts_before_records")
-        _record(store, deliveries, chunk, known, now=now, park_for=park_for, report=report)
+        _record(store, deliveries, chunk, known, now=now, park_for=policy.park_for, report=report)
     for result in results:
         if result.outcome is not None:
             report.latencies_s.extend(result.outcome.latencies_s)
@@ -190,7 +188,7 @@ def deliver_range(
 
     if plan is not None and plan.ranges:
         checkpoint("before_offset_commit")
-        offsets = _commit_points(plan, fresh, results)
+        offsets = commit_points(plan, fresh, {r.lead.position for r in results if not r.finished})
         report.kafka_commit_errors = commit_range(
             kafka, store, [LEAD_INTEGRATION_GROUP], plan.topic, offsets, run_id=run_id
         )
@@ -206,7 +204,7 @@ def deliver_range(
 
 
 def _read(
-    kafka: KafkaResource, plan: RangePlan, max_record_bytes: int
+    kafka: KafkaClient, plan: RangePlan, max_record_bytes: int
 ) -> tuple[list[QueuedLead], list[DeadLetter]]:
     records = kafka.read_range(plan.topic, {r.partition: (r.start, r.end) for r in plan.ranges})
     leads, letters = [], []
@@ -216,62 +214,14 @@ def _read(
             leads.append(
                 QueuedLead.of_record(parsed, record.topic, record.partition, record.offset)
             )
-            continue
-        letters.append(
-            DeadLetter(
-                id=f"kafka:{record.topic}:{record.partition}:{record.offset}",
-                reason=str(parsed.reason),
-                detail=parsed.detail,
-                raw=record.value,
-                key=record.key,
-                source={
-                    "topic": record.topic,
-                    "partition": record.partition,
-                    "offset": record.offset,
-                    "timestamp_ms": record.timestamp_ms,
-                },
-            )
-        )
+        else:
+            letters.append(kafka_source(record).letter(parsed.reason, parsed.detail))
     return leads, letters
 
 
-@dataclass(frozen=True)
-class _Queue:
-    """One application's leads to try in order; `blocked_by` holds all of them back."""
-
-    application_id: str
-    leads: tuple[QueuedLead, ...]
-    blocked_by: str | None
-
-
-def _queues(
-    fresh: Iterable[QueuedLead],
-    open_docs: Iterable[Mapping[str, Any]],
-    known: Mapping[str, Mapping[str, Any]],
-    retry_apps: set[str],
-) -> list[_Queue]:
-    open_by_app: dict[str, list[QueuedLead]] = defaultdict(list)
-    for doc in open_docs:
-        open_by_app[doc["application_id"]].append(QueuedLead.of_document(doc))
-    new_by_app: dict[str, dict[str, QueuedLead]] = defaultdict(dict)
-    for lead in fresh:
-        if lead.lead_event_id not in known:  # delivered, parked or failed already: recorded
-            new_by_app[lead.application_id].setdefault(lead.lead_event_id, lead)
-    queues = []
-    for app in sorted(set(open_by_app) | set(new_by_app)):
-        waiting = sorted(open_by_app.get(app, []), key=lambda q: q.position)
-        new = sorted(new_by_app.get(app, {}).values(), key=lambda q: q.position)
-        if waiting and app not in retry_apps:
-            # The head of the application's line is parked or failed: the rest waits.
-            queues.append(_Queue(app, tuple(new), blocked_by=waiting[0].lead_event_id))
-        else:
-            queues.append(_Queue(app, tuple(waiting + new), blocked_by=None))
-    return [q for q in queues if q.leads]
-
-
 def _deliver(
-    crm: CrmClient, queues: list[_Queue], *, deadline: float, concurrency: int
-) -> tuple[list[Result], str | None]:
+    crm: CrmClient, queues: list[LeadQueue], *, deadline: float, concurrency: int
+) -> tuple[list[ServedLead], str | None]:
     """Serve the applications `concurrency` at a time; one application's leads in order.
 
     When enough leads in a row exhausted their retries with none delivered, the CRM is down:
@@ -281,31 +231,31 @@ def _deliver(
     local = threading.local()
     breaker = _Breaker(threshold=max(5, 2 * concurrency))
 
-    def serve(queue: _Queue) -> list[Result]:
+    def serve(queue: LeadQueue) -> list[ServedLead]:
         if not hasattr(local, "session"):
             local.session = crm.session()
-        results: list[Result] = []
+        results: list[ServedLead] = []
         blocked_by = queue.blocked_by
         stopped = False
         for lead in queue.leads:
             if blocked_by is not None:
-                results.append(Result(lead, None, blocked_by=blocked_by))
+                results.append(ServedLead(lead, None, blocked_by=blocked_by))
                 continue
             if stopped or breaker.open or time.monotonic() >= deadline:
-                results.append(Result(lead, None))
+                results.append(ServedLead(lead, None))
                 continue
             outcome = crm.post_lead(lead.payload, session=local.session, deadline=deadline)
             breaker.saw(outcome)
-            results.append(Result(lead, outcome))
+            results.append(ServedLead(lead, outcome))
             if outcome.outcome in ("rejected", "exhausted"):
                 blocked_by = lead.lead_event_id
             elif outcome.outcome == "out_of_time":
                 stopped = True  # later leads must not overtake this one
         return results
 
-    results: list[Result] = []
+    results: list[ServedLead] = []
     with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="crm") as pool:
-        pending: set[Future] = {pool.submit(serve, q) for q in queues}
+        pending: set[Future[list[ServedLead]]] = {pool.submit(serve, q) for q in queues}
         while pending:
             done, pending = wait(pending, return_when=FIRST_COMPLETED)
             for future in done:
@@ -334,57 +284,35 @@ class _Breaker:
 def _record(
     store: EnrollmentStore,
     deliveries: LeadDeliveryStore,
-    results: list[Result],
+    results: list[ServedLead],
     known: Mapping[str, Mapping[str, Any]],
     *,
     now: datetime,
     park_for: timedelta,
     report: DeliveryReport,
 ) -> None:
+    """Write what became of each served lead, count it, and dead-letter the refused ones."""
     updates, letters, redriven_letters = [], [], []
     for result in results:
         lead, outcome = result.lead, result.outcome
         before = known.get(lead.lead_event_id, {})
-        base = {
-            "application_id": lead.application_id,
-            "source": {"topic": lead.topic, "partition": lead.partition, "offset": lead.offset},
-            "updated_at": now,
-        }
         if result.blocked_by is not None:
             if before.get("status") in (PARKED, FAILED):
                 if before.get("parked_reason") == BEHIND and before.get("blocked_by") != (
                     result.blocked_by
                 ):  # still waiting, now behind another lead (the earlier one went through)
                     updates.append(
-                        UpdateOne(
-                            {"_id": lead.lead_event_id},
-                            {"$set": {"blocked_by": result.blocked_by, "updated_at": now}},
-                        )
+                        lead_store.now_behind(lead.lead_event_id, result.blocked_by, now)
                     )
                 continue
             report.parked_behind += 1
-            updates.append(
-                _upsert(
-                    lead,
-                    {
-                        **base,
-                        "status": PARKED,
-                        "parked_reason": BEHIND,
-                        "lead": lead.payload,
-                        "blocked_by": result.blocked_by,
-                        "attempts": 0,
-                        "next_attempt_at": None,
-                    },
-                    now,
-                )
-            )
+            updates.append(lead_store.parked_behind(lead, result.blocked_by, now))
             continue
         if outcome is None or outcome.outcome == "out_of_time":
             if lead.lead_event_id not in known:
                 report.unfinished += 1
             continue
         attempts = before.get("attempts", 0) + outcome.attempts
-        fields = {**base, "attempts": attempts, "last_status": outcome.status}
         if outcome.delivered:
             report.delivered += 1
             if before.get("status") in (PARKED, FAILED):
@@ -392,41 +320,17 @@ def _record(
                 if before.get("status") == FAILED:
                     redriven_letters.append(f"crm:{lead.lead_event_id}")
             updates.append(
-                UpdateOne(
-                    {"_id": lead.lead_event_id},
-                    {
-                        "$set": {
-                            **fields,
-                            "status": DELIVERED,
-                            "delivered_at": now,
-                            "last_error": None,
-                        },
-                        "$unset": {
-                            "lead": "",
-                            "blocked_by": "",
-                            "parked_reason": "",
-                            "next_attempt_at": "",
-                        },
-                        "$setOnInsert": {"first_seen_at": now},
-                    },
-                    upsert=True,
-                )
+                lead_store.delivered(lead, attempts=attempts, http_status=outcome.status, now=now)
             )
         elif outcome.outcome == "rejected":
             report.permanently_failed += 1
             updates.append(
-                _upsert(
+                lead_store.refused(
                     lead,
-                    {
-                        **fields,
-                        "status": FAILED,
-                        "lead": lead.payload,
-                        "last_error": outcome.detail,
-                        "parked_reason": None,
-                        "blocked_by": None,
-                        "next_attempt_at": None,
-                    },
-                    now,
+                    attempts=attempts,
+                    http_status=outcome.status,
+                    detail=outcome.detail,
+                    now=now,
                 )
             )
             letters.append(
@@ -437,7 +341,9 @@ def _record(
                     raw=None,  # the lead stays in lead_deliveries until it is delivered
                     key=lead.application_id.encode(),
                     source={
-                        **base["source"],
+                        "topic": lead.topic,
+                        "partition": lead.partition,
+                        "offset": lead.offset,
                         "lead_event_id": lead.lead_event_id,
                         "application_id": lead.application_id,
                         "http_status": outcome.status,
@@ -447,40 +353,15 @@ def _record(
         else:  # exhausted
             report.parked += 1
             updates.append(
-                _upsert(
+                lead_store.parked(
                     lead,
-                    {
-                        **fields,
-                        "status": PARKED,
-                        "parked_reason": RETRIES_EXHAUSTED,
-                        "lead": lead.payload,
-                        "last_error": outcome.detail,
-                        "blocked_by": None,
-                        "next_attempt_at": now + park_for,
-                    },
-                    now,
+                    attempts=attempts,
+                    http_status=outcome.status,
+                    detail=outcome.detail,
+                    retry_at=now + park_for,
+                    now=now,
                 )
             )
     deliveries.write(updates)
     store.dead_letter(letters, now=now)
     store.mark_redriven(redriven_letters, now=now)
-
-
-def _upsert(lead: QueuedLead, fields: dict[str, Any], now: datetime) -> UpdateOne:
-    return UpdateOne(
-        {"_id": lead.lead_event_id},
-        {"$set": fields, "$setOnInsert": {"first_seen_at": now}},
-        upsert=True,
-    )
-
-
-def _commit_points(
-    plan: RangePlan, fresh: list[QueuedLead], results: list[Result]
-) -> dict[int, int]:
-    """Per partition: the range's end, or the first lead of the range not yet decided."""
-    unfinished = {r.lead.position for r in results if not r.finished}
-    offsets = {}
-    for r in plan.ranges:
-        held = [q.offset for q in fresh if q.partition == r.partition and q.position in unfinished]
-        offsets[r.partition] = min(held) if held else r.end
-    return offsets

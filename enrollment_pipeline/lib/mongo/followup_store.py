@@ -15,30 +15,31 @@ from pymongo import ASCENDING, UpdateOne
 from pymongo.database import Database
 from pymongo.errors import DuplicateKeyError
 
-from enrollment_pipeline.defs.mongo.resources import (
+from enrollment_pipeline.domain.followup_queue import AWAITING, OPEN_STATUSES, PENDING
+from enrollment_pipeline.lib.clients.mongo import MongoConnection
+from enrollment_pipeline.lib.mongo.collections import (
     APPLICATIONS,
     BROKER_FOLLOWUPS,
     FOLLOWUP_ATTEMPTS,
-    MongoResource,
+    Document,
 )
-from enrollment_pipeline.domain.followup_queue import AWAITING, OPEN_STATUSES, PENDING
 from enrollment_pipeline.lib.mongo.writes import BoundedWriter
 
 PAGE_SIZE = 500
 
 
 class FollowupStore:
-    def __init__(self, db: Database, writer: BoundedWriter | None = None) -> None:
+    def __init__(self, db: Database[Document], writer: BoundedWriter | None = None) -> None:
         self.db = db
         self.writer = writer or BoundedWriter()
 
     @classmethod
-    def of(cls, mongo: MongoResource) -> FollowupStore:
+    def of(cls, mongo: MongoConnection) -> FollowupStore:
         return cls(mongo.db(), mongo.writer())
 
     # -- reads -------------------------------------------------------------------------------
 
-    def due_pages(self, as_of: datetime, page_size: int = PAGE_SIZE) -> Iterator[list[dict]]:
+    def due_pages(self, as_of: datetime, page_size: int = PAGE_SIZE) -> Iterator[list[Document]]:
         """Follow-ups awaiting a signature with `next_due_at` <= `as_of`, a page at a time
         (keyset by `_id`, so what a page changes never shifts the next one)."""
         after: str | None = None
@@ -54,13 +55,13 @@ class FollowupStore:
             yield page
             after = page[-1]["_id"]
 
-    def applications(self, ids: Sequence[str]) -> dict[str, dict]:
+    def applications(self, ids: Sequence[str]) -> dict[str, Document]:
         """What the email shows of each application (no contact data is read)."""
         projection = {"broker": 1, "applicant.first_name": 1, "plan.product": 1}
         cursor = self.db[APPLICATIONS].find({"_id": {"$in": list(ids)}}, projection)
         return {d["_id"]: d for d in cursor}
 
-    def open_by_retry_count(self) -> list[dict]:
+    def open_by_retry_count(self) -> list[Document]:
         """Open follow-ups counted by retry count and status: one aggregation, however many
         are open (FerretDB v1 has `$sum` in `$group`, not `$min`)."""
         cursor = self.db[BROKER_FOLLOWUPS].aggregate(
@@ -84,7 +85,7 @@ class FollowupStore:
 
     # -- attempts ----------------------------------------------------------------------------
 
-    def claim(self, key: str, fields: Mapping[str, Any]) -> dict | None:
+    def claim(self, key: str, fields: Mapping[str, Any]) -> Document | None:
         """Claim an attempt; None when claimed now, else the attempt as recorded before."""
         try:
             self.db[FOLLOWUP_ATTEMPTS].insert_one({"_id": key, "status": "claimed", **fields})

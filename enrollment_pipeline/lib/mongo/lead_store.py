@@ -9,14 +9,15 @@ since the topic's retention may drop it before a redrive; it is removed on deliv
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
 from pymongo import UpdateOne
 from pymongo.database import Database
 
-from enrollment_pipeline.defs.mongo.resources import LEAD_DELIVERIES
+from enrollment_pipeline.domain.lead_queue import QueuedLead
+from enrollment_pipeline.lib.mongo.collections import LEAD_DELIVERIES, Document
 from enrollment_pipeline.lib.mongo.writes import BoundedWriter
 
 DELIVERED, PARKED, FAILED = "DELIVERED", "PARKED", "FAILED"
@@ -25,7 +26,7 @@ RETRIES_EXHAUSTED, BEHIND = "retries_exhausted", "behind"
 
 
 class LeadDeliveryStore:
-    def __init__(self, db: Database, writer: BoundedWriter | None = None) -> None:
+    def __init__(self, db: Database[Document], writer: BoundedWriter | None = None) -> None:
         self.collection = db[LEAD_DELIVERIES]
         self.writer = writer or BoundedWriter()
 
@@ -73,3 +74,126 @@ class LeadDeliveryStore:
 
     def write(self, updates: Sequence[UpdateOne]) -> None:
         self.writer.bulk_write(self.collection, updates)
+
+
+# -- the documents, one shape per state ---------------------------------------------------------
+
+
+def queued_of(doc: Mapping[str, Any]) -> QueuedLead:
+    """A waiting lead as the delivery loop queues it (its payload is kept until delivered)."""
+    source = doc["source"]
+    return QueuedLead(
+        doc["_id"],
+        doc["application_id"],
+        doc["lead"],
+        source["topic"],
+        source["partition"],
+        source["offset"],
+    )
+
+
+def _where(lead: QueuedLead, now: datetime) -> dict[str, Any]:
+    return {
+        "application_id": lead.application_id,
+        "source": {"topic": lead.topic, "partition": lead.partition, "offset": lead.offset},
+        "updated_at": now,
+    }
+
+
+def _upsert(lead: QueuedLead, fields: dict[str, Any], now: datetime) -> UpdateOne:
+    return UpdateOne(
+        {"_id": lead.lead_event_id},
+        {"$set": {**_where(lead, now), **fields}, "$setOnInsert": {"first_seen_at": now}},
+        upsert=True,
+    )
+
+
+def now_behind(lead_event_id: str, blocked_by: str, now: datetime) -> UpdateOne:
+    """A lead still waiting, now behind another lead (the earlier one went through)."""
+    return UpdateOne(
+        {"_id": lead_event_id}, {"$set": {"blocked_by": blocked_by, "updated_at": now}}
+    )
+
+
+def parked_behind(lead: QueuedLead, blocked_by: str, now: datetime) -> UpdateOne:
+    return _upsert(
+        lead,
+        {
+            "status": PARKED,
+            "parked_reason": BEHIND,
+            "lead": lead.payload,
+            "blocked_by": blocked_by,
+            "attempts": 0,
+            "next_attempt_at": None,
+        },
+        now,
+    )
+
+
+def delivered(
+    lead: QueuedLead, *, attempts: int, http_status: int | None, now: datetime
+) -> UpdateOne:
+    """Delivered: the payload (contact data) is dropped, the record stays so it is never
+    posted again."""
+    return UpdateOne(
+        {"_id": lead.lead_event_id},
+        {
+            "$set": {
+                **_where(lead, now),
+                "attempts": attempts,
+                "last_status": http_status,
+                "status": DELIVERED,
+                "delivered_at": now,
+                "last_error": None,
+            },
+            "$unset": {"lead": "", "blocked_by": "", "parked_reason": "", "next_attempt_at": ""},
+            "$setOnInsert": {"first_seen_at": now},
+        },
+        upsert=True,
+    )
+
+
+def refused(
+    lead: QueuedLead, *, attempts: int, http_status: int | None, detail: str, now: datetime
+) -> UpdateOne:
+    """Refused by the CRM for good (a `crm:` dead letter says why); kept for a redrive."""
+    return _upsert(
+        lead,
+        {
+            "attempts": attempts,
+            "last_status": http_status,
+            "status": FAILED,
+            "lead": lead.payload,
+            "last_error": detail,
+            "parked_reason": None,
+            "blocked_by": None,
+            "next_attempt_at": None,
+        },
+        now,
+    )
+
+
+def parked(
+    lead: QueuedLead,
+    *,
+    attempts: int,
+    http_status: int | None,
+    detail: str,
+    retry_at: datetime,
+    now: datetime,
+) -> UpdateOne:
+    """Every attempt failed transiently: retried from `retry_at`."""
+    return _upsert(
+        lead,
+        {
+            "attempts": attempts,
+            "last_status": http_status,
+            "status": PARKED,
+            "parked_reason": RETRIES_EXHAUSTED,
+            "lead": lead.payload,
+            "last_error": detail,
+            "blocked_by": None,
+            "next_attempt_at": retry_at,
+        },
+        now,
+    )

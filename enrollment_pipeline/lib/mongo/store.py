@@ -9,7 +9,6 @@ rerun.
 
 from __future__ import annotations
 
-import base64
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -18,29 +17,18 @@ from typing import Any
 from pymongo import ReplaceOne, UpdateOne
 from pymongo.database import Database
 
-from enrollment_pipeline.defs.mongo.resources import (
+from enrollment_pipeline.domain.events import EnrollmentEvent
+from enrollment_pipeline.lib.clients.mongo import MongoConnection
+from enrollment_pipeline.lib.mongo.collections import (
     APPLICATIONS,
     BROKER_FOLLOWUPS,
     CONSUMER_OFFSETS,
-    DEAD_LETTERS,
     ENROLLMENT_EVENTS,
     LEAD_PUBLICATIONS,
-    MongoResource,
+    Document,
 )
-from enrollment_pipeline.domain.events import EnrollmentEvent
+from enrollment_pipeline.lib.mongo.dead_letters import DeadLetter, DeadLetterStore
 from enrollment_pipeline.lib.mongo.writes import BoundedWriter
-
-
-@dataclass(frozen=True)
-class DeadLetter:
-    """A rejected input, kept whole (`raw`) with where it came from and why."""
-
-    id: str  # kafka:{topic}:{partition}:{offset} | archive:{file}:{line} | crm:{lead_event_id}
-    reason: str
-    detail: str
-    raw: bytes | None
-    key: bytes | None
-    source: Mapping[str, Any]
 
 
 @dataclass(frozen=True)
@@ -52,13 +40,14 @@ class StoredEventInfo:
 class EnrollmentStore:
     """Reads and writes of one batch, over the pipeline's database."""
 
-    def __init__(self, db: Database, writer: BoundedWriter | None = None) -> None:
+    def __init__(self, db: Database[Document], writer: BoundedWriter | None = None) -> None:
         self.db = db
         self.writer = writer or BoundedWriter()
+        self.dead_letters = DeadLetterStore(db, self.writer)
 
     @classmethod
-    def of(cls, mongo: MongoResource) -> EnrollmentStore:
-        """The store over a resource's database, with the write limits of its engine."""
+    def of(cls, mongo: MongoConnection) -> EnrollmentStore:
+        """The store over a connection's database, with the write limits of its engine."""
         return cls(mongo.db(), mongo.writer())
 
     # -- the event store -------------------------------------------------------------------
@@ -102,7 +91,7 @@ class EnrollmentStore:
         ]
         return self._insert_new(ENROLLMENT_EVENTS, docs)
 
-    def _insert_new(self, collection: str, docs: Sequence[dict]) -> int:
+    def _insert_new(self, collection: str, docs: Sequence[Document]) -> int:
         return self.writer.insert_new(self.db[collection], docs)
 
     def _bulk_write(self, collection: str, ops: Sequence[Any]) -> None:
@@ -134,26 +123,26 @@ class EnrollmentStore:
 
     # -- read model and follow-up queue ----------------------------------------------------
 
-    def followups(self, application_ids: Iterable[str]) -> dict[str, dict]:
+    def followups(self, application_ids: Iterable[str]) -> dict[str, Document]:
         ids = list(set(application_ids))
         if not ids:
             return {}
         return {d["_id"]: d for d in self.db[BROKER_FOLLOWUPS].find({"_id": {"$in": ids}})}
 
-    def applications(self, application_ids: Iterable[str]) -> dict[str, dict]:
+    def applications(self, application_ids: Iterable[str]) -> dict[str, Document]:
         ids = list(set(application_ids))
         if not ids:
             return {}
         return {d["_id"]: d for d in self.db[APPLICATIONS].find({"_id": {"$in": ids}})}
 
-    def write_applications(self, new: Sequence[dict], changed: Sequence[dict]) -> None:
+    def write_applications(self, new: Sequence[Document], changed: Sequence[Document]) -> None:
         """Insert new application documents, replace changed ones."""
         self._insert_new(APPLICATIONS, new)
         self._bulk_write(
             APPLICATIONS, [ReplaceOne({"_id": d["_id"]}, d, upsert=True) for d in changed]
         )
 
-    def write_followups(self, new: Sequence[dict], updates: Sequence[UpdateOne]) -> None:
+    def write_followups(self, new: Sequence[Document], updates: Sequence[UpdateOne]) -> None:
         """Insert new queue documents, update existing ones (fold-owned fields only)."""
         self._insert_new(BROKER_FOLLOWUPS, new)
         self._bulk_write(BROKER_FOLLOWUPS, updates)
@@ -161,42 +150,12 @@ class EnrollmentStore:
     # -- dead letters ----------------------------------------------------------------------
 
     def dead_letter(self, letters: Sequence[DeadLetter], *, now: datetime) -> None:
-        """Upsert each rejected input once by its position; a rerun only moves `last_seen_at`."""
-        if not letters:
-            return
-        ops = [
-            UpdateOne(
-                {"_id": letter.id},
-                {
-                    "$set": {
-                        "reason": letter.reason,
-                        "detail": letter.detail,
-                        "raw_base64": base64.b64encode(letter.raw).decode()
-                        if letter.raw is not None
-                        else None,
-                        "key": letter.key.decode("utf-8", "replace")
-                        if letter.key is not None
-                        else None,
-                        "source": dict(letter.source),
-                        "last_seen_at": now,
-                    },
-                    "$setOnInsert": {"first_seen_at": now, "status": "OPEN"},
-                },
-                upsert=True,
-            )
-            for letter in letters
-        ]
-        self._bulk_write(DEAD_LETTERS, ops)
+        """Upsert each rejected input once by its position (see `DeadLetterStore`)."""
+        self.dead_letters.upsert(letters, now=now)
 
     def mark_redriven(self, letter_ids: Sequence[str], *, now: datetime) -> None:
         """Close dead letters whose input was applied after a fix."""
-        self._bulk_write(
-            DEAD_LETTERS,
-            [
-                UpdateOne({"_id": i}, {"$set": {"status": "REDRIVEN", "redriven_at": now}})
-                for i in letter_ids
-            ],
-        )
+        self.dead_letters.mark_redriven(letter_ids, now=now)
 
     # -- offsets -----------------------------------------------------------------------------
 

@@ -24,12 +24,12 @@ DUPLICATE_KEY = 11000
 
 # Defaults by engine (MONGO_MAX_WRITES_PER_COMMAND overrides them). On FerretDB: four
 # concurrent writers of 10 statements each stay under its default pool of 50, with room for
-# pings and reads (benchmarks/write_commands.py measures the cost of the split).
+# pings and reads (benchmarks/README.md has the measurements behind these numbers).
 FERRETDB_UPDATES_PER_COMMAND = 10
 MONGODB_UPDATES_PER_COMMAND = 1_000
 INSERTS_PER_COMMAND = 1_000
 
-WriteOp = UpdateOne | ReplaceOne | UpdateMany | DeleteOne
+WriteOp = UpdateOne | ReplaceOne[dict[str, Any]] | UpdateMany | DeleteOne
 T = TypeVar("T")
 
 
@@ -49,7 +49,7 @@ class BoundedWriter:
         if self.updates_per_command < 1 or self.inserts_per_command < 1:
             raise ValueError("statements per command must be at least 1")
 
-    def bulk_write(self, collection: Collection, ops: Sequence[WriteOp]) -> int:
+    def bulk_write(self, collection: Collection[dict[str, Any]], ops: Sequence[WriteOp]) -> int:
         """Apply `ops` (unordered) in bounded commands; returns the number of commands."""
         commands = 0
         for chunk in chunks(list(ops), self.updates_per_command):
@@ -57,7 +57,9 @@ class BoundedWriter:
             commands += 1
         return commands
 
-    def insert_new(self, collection: Collection, docs: Sequence[dict[str, Any]]) -> int:
+    def insert_new(
+        self, collection: Collection[dict[str, Any]], docs: Sequence[dict[str, Any]]
+    ) -> int:
         """Insert documents, skipping those whose `_id` exists (code 11000 only).
 
         Returns how many were inserted. A duplicate is how a rerun finds its own earlier

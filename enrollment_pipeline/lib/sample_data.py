@@ -35,7 +35,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 __all__ = [
     "BAD_KINDS",
@@ -245,8 +245,8 @@ def synthetic_records(
         key, value = encode_event(event)
         if bad_fraction and bad_rng.random() < bad_fraction:
             kind = bad_rng.choice(BAD_KINDS)
-            key, value, detail = _corrupt(bad_rng, kind, event, key)
-            yield SampleRecord(key, value, event, kind, detail)
+            bad_key, bad_value, detail = _corrupt(bad_rng, kind, event, key)
+            yield SampleRecord(bad_key, bad_value, event, kind, detail)
         else:
             yield SampleRecord(key, value, event)
 
@@ -571,8 +571,8 @@ def _corrupt(
         else:
             bad["payload"]["premium"] = literal
             where = "payload.premium"
-        raw = json.dumps(bad, ensure_ascii=False, separators=(",", ":"), allow_nan=True)
-        return key, raw.encode("utf-8"), f"{json.dumps(literal)} in {where}"
+        text = json.dumps(bad, ensure_ascii=False, separators=(",", ":"), allow_nan=True)
+        return key, text.encode("utf-8"), f"{json.dumps(literal)} in {where}"
     raise ValueError(f"unknown bad kind {kind!r}")
 
 
@@ -645,7 +645,8 @@ def write_archive(
     root = Path(folder)
     root.mkdir(parents=True, exist_ok=True)
     counts: dict[str, int] = {}
-    day, out = None, None
+    day: str | None = None
+    out: BinaryIO | None = None
     try:
         for record in synthetic_records(
             applications, seed=seed, start=start, bad_fraction=bad_fraction, mean_gap=mean_gap
@@ -659,7 +660,8 @@ def write_archive(
                 path = root / f"{day}{suffix}"
                 # A day met again (rare) appends lines, or a gzip member, to its file.
                 mode = "ab" if day in counts else "wb"
-                out = gzip.open(path, mode) if gzipped else path.open(mode)  # noqa: SIM115
+                out = gzip.open(path, mode) if gzipped else path.open(mode)  # type: ignore[assignment]  # noqa: SIM115
+            assert out is not None
             out.write(record.value.replace(b"\n", b" ") + b"\n")
             counts[record_day] = counts.get(record_day, 0) + 1
     finally:

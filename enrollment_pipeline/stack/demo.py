@@ -21,21 +21,22 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from enrollment_pipeline.dagster_api import DagsterApi, followup_run_config
-from enrollment_pipeline.defs.kafka.resources import KafkaResource
-from enrollment_pipeline.defs.mongo.resources import APPLICATIONS, mongo_from_settings
-from enrollment_pipeline.sample_data import synthetic_events
-from enrollment_pipeline.settings import PipelineSettings
+from enrollment_pipeline.lib.clients.dagster_api import DagsterApi, followup_run_config
+from enrollment_pipeline.lib.clients.kafka import KafkaClient
+from enrollment_pipeline.lib.clients.mongo import MongoConnection
+from enrollment_pipeline.lib.mongo.collections import APPLICATIONS
+from enrollment_pipeline.lib.sample_data import synthetic_events
+from enrollment_pipeline.settings import KafkaSettings, MongoSettings
 from enrollment_pipeline.stack.local import LocalStack
 
-PROJECT = Path(__file__).resolve().parent.parent
+PROJECT = Path(__file__).resolve().parent.parent.parent
 GRACE_S = 15.0
 
 
 class Trickle(threading.Thread):
     """Produces synthetic events: `burst` records at once, then `rate` records a second."""
 
-    def __init__(self, settings: PipelineSettings, *, burst: int, rate: float, seed: int) -> None:
+    def __init__(self, settings: KafkaSettings, *, burst: int, rate: float, seed: int) -> None:
         super().__init__(name="trickle", daemon=True)
         self.settings, self.burst, self.rate, self.seed = settings, burst, rate, seed
         self.stopped = threading.Event()
@@ -43,7 +44,7 @@ class Trickle(threading.Thread):
         self.error: Exception | None = None
 
     def run(self) -> None:
-        kafka = KafkaResource(bootstrap_servers=self.settings.kafka_bootstrap_servers)
+        kafka = KafkaClient.from_settings(self.settings)
         topic = self.settings.enrollment_topic
         try:
             first = 1 + sum(kafka.end_offsets(topic).values())
@@ -96,7 +97,7 @@ class Demo:
         os.environ["DAGSTER_HOME"] = str(home)
 
     def start_trickle(self, burst: int, rate: float) -> None:
-        self.trickle = Trickle(PipelineSettings(), burst=burst, rate=rate, seed=int(time.time()))
+        self.trickle = Trickle(KafkaSettings(), burst=burst, rate=rate, seed=int(time.time()))
         self.trickle.start()
 
     @property
@@ -143,14 +144,13 @@ class Demo:
         return self.api.start_schedule("hourly_broker_followups")
 
     def wait_for_applications(self, timeout_s: float = 90) -> bool:
-        mongo = mongo_from_settings(PipelineSettings())
         deadline = time.monotonic() + timeout_s
         found = False
-        while time.monotonic() < deadline and not found:
-            with mongo.explained_errors():  # one document is enough: no count of a big model
-                found = mongo.db()[APPLICATIONS].find_one({}, {"_id": 1}) is not None
-            time.sleep(2)
-        mongo.client().close()
+        with MongoConnection.from_settings(MongoSettings()) as mongo:
+            while time.monotonic() < deadline and not found:
+                with mongo.explained_errors():  # one document is enough: no count of a model
+                    found = mongo.db()[APPLICATIONS].find_one({}, {"_id": 1}) is not None
+                time.sleep(2)
         return found
 
     def launch_followups(self) -> str:

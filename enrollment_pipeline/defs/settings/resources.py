@@ -14,6 +14,7 @@ from typing import Any
 import dagster as dg
 
 from enrollment_pipeline.domain.followup_rules import FollowupPolicy, parse_quiet_hours
+from enrollment_pipeline.lib.leads.delivery import LeadDeliveryPolicy
 from enrollment_pipeline.settings import PipelineSettings
 
 
@@ -52,6 +53,9 @@ class PipelineSettingsResource(dg.ConfigurableResource):
     def from_settings(cls, settings: PipelineSettings) -> PipelineSettingsResource:
         return cls(**{name: getattr(settings, name) for name in cls.model_fields})
 
+    def lead_delivery_policy(self) -> LeadDeliveryPolicy:
+        return LeadDeliveryPolicy.from_settings(self, max_record_bytes=self.ingest_max_record_bytes)
+
     def followup_policy(self) -> FollowupPolicy:
         return FollowupPolicy(
             max_emails=self.followup_max_emails,
@@ -59,3 +63,10 @@ class PipelineSettingsResource(dg.ConfigurableResource):
             max_age=timedelta(days=self.followup_max_age_days),
             quiet_hours=parse_quiet_hours(self.followup_quiet_hours),
         )
+
+
+@dg.definitions
+def defs() -> dg.Definitions:
+    return dg.Definitions(
+        resources={"settings": PipelineSettingsResource.from_settings(PipelineSettings())}
+    )

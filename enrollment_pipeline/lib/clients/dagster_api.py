@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import requests
 
@@ -59,7 +60,7 @@ class DagsterApi:
                 raise DagsterApiError(f"the Dagster UI did not answer within {timeout_s:.0f} s")
             time.sleep(1)
 
-    def graphql(self, query: str, variables: dict | None = None) -> dict:
+    def graphql(self, query: str, variables: dict[str, Any] | None = None) -> dict[str, Any]:
         response = requests.post(
             f"{self.url}/graphql",
             json={"query": query, "variables": variables or {}},
@@ -69,14 +70,15 @@ class DagsterApi:
         body = response.json()
         if "errors" in body:
             raise DagsterApiError(str(body["errors"])[:1000])
-        return body["data"]
+        data: dict[str, Any] = body["data"]
+        return data
 
     def location(self) -> str:
         """The name of the (one) code location."""
         entries = self.graphql(LOCATIONS)["workspaceOrError"]["locationEntries"]
-        return entries[0]["name"]
+        return str(entries[0]["name"])
 
-    def launch_run(self, job: str, run_config: dict) -> str:
+    def launch_run(self, job: str, run_config: dict[str, Any]) -> str:
         """Launch `job` with `run_config` (as the launchpad does); its run id."""
         result = self.graphql(
             LAUNCH_RUN,
@@ -93,10 +95,10 @@ class DagsterApi:
         )["launchRun"]
         if result["__typename"] != "LaunchRunSuccess":
             raise DagsterApiError(result.get("message", result["__typename"]))
-        return result["run"]["runId"]
+        return str(result["run"]["runId"])
 
     def run_status(self, run_id: str) -> str:
-        return self.graphql(RUN_STATUS, {"id": run_id})["runOrError"]["status"]
+        return str(self.graphql(RUN_STATUS, {"id": run_id})["runOrError"]["status"])
 
     def wait_for_run(self, run_id: str, timeout_s: float) -> str:
         """The run's final status (SUCCESS, FAILURE or CANCELED)."""
@@ -121,9 +123,9 @@ class DagsterApi:
         )["startSchedule"]
         if "scheduleState" not in result:
             raise DagsterApiError(result.get("message", result["__typename"]))
-        return result["scheduleState"]["status"]
+        return str(result["scheduleState"]["status"])
 
 
-def followup_run_config(as_of: str) -> dict:
+def followup_run_config(as_of: str) -> dict[str, Any]:
     """The run config of `send_broker_followups` for one hour."""
     return {"ops": {"broker_followup_emails": {"config": {"as_of": as_of}}}}
