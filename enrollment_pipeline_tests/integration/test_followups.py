@@ -193,6 +193,7 @@ def test_eight_hourly_ticks(mongo, smtp_server):
     assert "sign it in the broker portal" in text and "reminder 1 of 5" in text
     assert first.get_body(("html",)) is not None
     assert "jane.doe@example.com" not in inbox.messages[0][2].decode()  # no contact data
+    assert len(received_dates(inbox)) == len(inbox.messages) == 16  # each with a Date
 
 
 def test_a_rerun_of_the_same_tick_sends_nothing_again(mongo, smtp_server):
