@@ -14,15 +14,14 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
-from enrollment_pipeline.domain.events import EMAIL_PATTERN, to_utc
+from enrollment_pipeline.domain.events import to_utc
 
 # Reasons a follow-up becomes PENDING (a person must act), kept in `pending_reason`.
 EXPIRED = "expired"
 MAX_EMAILS_REACHED = "max_emails_reached"
 RECIPIENT_REJECTED = "recipient_rejected"
-INVALID_ADDRESS = "invalid_address"
+INVALID_ADDRESS = "invalid_address"  # the message cannot be built or the server cannot take it
 
-_EMAIL_RE = re.compile(EMAIL_PATTERN)
 # CR, LF and every other control character: nothing that could end a header line.
 _CONTROL = re.compile(r"[\x00-\x1f\x7f\u0085\u2028\u2029]+")
 
@@ -87,10 +86,6 @@ def decide(followup: Mapping[str, Any], *, as_of: datetime, policy: FollowupPoli
 def header_safe(value: str) -> str:
     """One line of text: control characters (CR/LF above all) become single spaces."""
     return _CONTROL.sub(" ", value).strip()
-
-
-def valid_address(address: str) -> bool:
-    return bool(_EMAIL_RE.match(address)) and header_safe(address) == address
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ the way the hourly schedule passes its ticks.
 from __future__ import annotations
 
 import email
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from email import policy as email_policy
 
 import boto3
@@ -34,6 +34,13 @@ from enrollment_pipeline.settings import PipelineSettings
 from enrollment_pipeline_tests import factories as f
 from enrollment_pipeline_tests.conftest import Inbox, free_ports
 from enrollment_pipeline_tests.jobs import as_resources
+from enrollment_pipeline_tests.smtp_servers import (
+    DroppingInbox,
+    SenderRefusingInbox,
+    password_checker,
+    received_dates,
+    smtp_server,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -53,8 +60,14 @@ def ingest(mongo: MongoConnection, *events: dict) -> None:
     apply_parsed(EnrollmentStore.of(mongo), parsed, publish_leads=None)
 
 
-def smtp(port: int) -> SmtpEmailSender:
-    return SmtpEmailSender(host="127.0.0.1", port=port, sender="followups@example.com", timeout_s=5)
+def smtp(port: int, **settings) -> SmtpEmailSender:
+    return SmtpEmailSender(
+        host="127.0.0.1",
+        port=port,
+        sender=settings.pop("sender", "followups@example.com"),
+        timeout_s=5,
+        **settings,
+    )
 
 
 def run_tick(mongo, sender, as_of: datetime, **kwargs) -> dg.ExecuteInProcessResult:
@@ -81,6 +94,31 @@ def recipients(inbox: Inbox, since: int = 0) -> list[str]:
 
 def followup(mongo: MongoConnection, app_id: str) -> dict:
     return mongo.db()[BROKER_FOLLOWUPS].find_one({"_id": app_id})
+
+
+def metadata_of(result: dg.ExecuteInProcessResult) -> dict:
+    materializations = result.asset_materializations_for_node("broker_followup_emails")
+    if materializations:
+        return {k: v.value for k, v in materializations[0].metadata.items()}
+    failure = result.failure_data_for_node("broker_followup_emails")
+    return {k: v.value for k, v in failure.user_failure_data.metadata.items()}
+
+
+def failure_text(result: dg.ExecuteInProcessResult) -> str:
+    assert not result.success
+    return result.failure_data_for_node("broker_followup_emails").error.message
+
+
+def broker(n: int, address: str) -> dict:
+    return {"broker_id": f"BRK-{n}", "name": f"Broker {n}", "email": address}
+
+
+def pending(mongo: MongoConnection) -> dict[str, str | None]:
+    """Each follow-up's pending reason, for those that went PENDING."""
+    return {
+        doc["_id"]: doc.get("pending_reason")
+        for doc in mongo.db()[BROKER_FOLLOWUPS].find({"status": "PENDING"})
+    }
 
 
 def test_eight_hourly_ticks(mongo, smtp_server):
@@ -157,6 +195,7 @@ def test_eight_hourly_ticks(mongo, smtp_server):
     assert "sign it in the broker portal" in text and "reminder 1 of 5" in text
     assert first.get_body(("html",)) is not None
     assert "jane.doe@example.com" not in inbox.messages[0][2].decode()  # no contact data
+    assert len(received_dates(inbox)) == len(inbox.messages) == 16  # each with a Date
 
 
 def test_a_rerun_of_the_same_tick_sends_nothing_again(mongo, smtp_server):
@@ -321,3 +360,144 @@ def test_the_schedule_is_hourly_off_by_default_and_passes_its_tick():
         request = schedule(context)
     config = request.run_config["ops"]["broker_followup_emails"]["config"]
     assert config == {"as_of": tick(1).isoformat()}
+
+
+# The addresses users reported: each passes the event schema's pattern, none is one mailbox a
+# server without SMTPUTF8 can take. They sort before the ordinary brokers.
+ODD_ADDRESSES = {
+    "APP-1": "a,b@example.test",
+    "APP-2": '"a@example.test',
+    "APP-3": "jürgen@example.test",
+    "APP-4": "x@exämple.test",
+}
+ORDINARY = {"APP-5": "ada@brokers.example", "APP-6": "bo@brokers.example"}
+
+
+def ingest_odd_and_ordinary(mongo: MongoConnection) -> None:
+    addresses = {**ODD_ADDRESSES, **ORDINARY}
+    ingest(
+        mongo,
+        *(
+            f.submitted(app, 0, broker=broker(n, address))
+            for n, (app, address) in enumerate(sorted(addresses.items()))
+        ),
+    )
+
+
+def test_odd_addresses_go_pending_and_the_ordinary_brokers_get_every_hourly_email(mongo):
+    ingest_odd_and_ordinary(mongo)
+    with smtp_server(enable_SMTPUTF8=False) as (inbox, port):
+        first = run_tick(mongo, smtp(port), tick(1))
+        assert recipients(inbox) == sorted(ORDINARY.values())
+        second = run_tick(mongo, smtp(port), tick(2))
+
+    assert first.success and second.success
+    assert recipients(inbox) == sorted([*ORDINARY.values()] * 2)  # every tick, both brokers
+    assert (metadata_of(first)["invalid_address"], metadata_of(first)["sent"]) == (4, 2)
+    assert sorted(metadata_of(first)["newly_pending"]) == [
+        f"{app}: invalid_address" for app in sorted(ODD_ADDRESSES)
+    ]
+    assert (metadata_of(second)["invalid_address"], metadata_of(second)["sent"]) == (0, 2)
+    assert pending(mongo) == dict.fromkeys(ODD_ADDRESSES, "invalid_address")
+    attempts = {a["app_id"]: a for a in mongo.db()[FOLLOWUP_ATTEMPTS].find()}
+    for app in ODD_ADDRESSES:
+        assert (attempts[app]["status"], attempts[app]["reason"]) == ("failed", "invalid_address")
+        assert "send_started_at" not in attempts[app]  # refused before anything could leave
+        assert followup(mongo, app)["retry_count"] == 0
+    for app in ORDINARY:
+        assert followup(mongo, app)["retry_count"] == 2
+    statuses = {d["_id"]: d["broker_followup_status"] for d in mongo.db()[APPLICATIONS].find()}
+    assert statuses == {
+        **dict.fromkeys(ODD_ADDRESSES, "PENDING"),
+        **dict.fromkeys(ORDINARY, "AWAITING_SIGNATURE"),
+    }
+    dates = received_dates(inbox)  # every email has a Date: the real time it was sent
+    assert len(dates) == 4 and all(abs(datetime.now(UTC) - d) < timedelta(minutes=5) for d in dates)
+
+
+def test_a_server_with_smtputf8_gets_the_non_ascii_addresses(mongo):
+    ingest_odd_and_ordinary(mongo)
+    with smtp_server(enable_SMTPUTF8=True) as (inbox, port):
+        result = run_tick(mongo, smtp(port), tick(1))
+
+    assert recipients(inbox) == sorted(
+        [ODD_ADDRESSES["APP-3"], ODD_ADDRESSES["APP-4"], *ORDINARY.values()]
+    )
+    assert metadata_of(result)["invalid_address"] == 2
+    assert pending(mongo) == {"APP-1": "invalid_address", "APP-2": "invalid_address"}
+    jurgen = next(raw for _, rcpts, raw in inbox.messages if rcpts == ["jürgen@example.test"])
+    message = email.message_from_string(jurgen.decode("utf-8"), policy=email_policy.default)
+    assert [a.addr_spec for a in message["To"].addresses] == ["jürgen@example.test"]
+    assert len(received_dates(inbox)) == 4
+
+
+def test_a_refused_login_fails_the_run_naming_the_settings_and_the_fix_sends_all(mongo):
+    ingest(mongo, f.submitted("APP-1", 0), f.submitted("APP-2", 0))
+    checker = password_checker("followups", "right-password")
+    with smtp_server(authenticator=checker, auth_require_tls=False) as (inbox, port):
+        wrong = smtp(port, username="followups", password="wrong-password")
+        refused = run_tick(mongo, wrong, tick(1), raise_on_error=False)
+
+        message = failure_text(refused)
+        assert "SMTP_USERNAME" in message and "SMTP_PASSWORD" in message
+        assert "wrong-password" not in message
+        assert pending(mongo) == {}
+        assert [followup(mongo, a)["retry_count"] for a in ("APP-1", "APP-2")] == [0, 0]
+
+        right = smtp(port, username="followups", password="right-password")
+        run_tick(mongo, right, tick(1))  # the same hour, re-run after the fix
+    assert recipients(inbox) == [f.BROKER_A["email"]] * 2
+    assert [followup(mongo, a)["retry_count"] for a in ("APP-1", "APP-2")] == [1, 1]
+
+
+def test_a_refused_sender_fails_the_run_naming_email_from_and_the_fix_sends_all(mongo):
+    ingest(mongo, f.submitted("APP-1", 0), f.submitted("APP-2", 0))
+    with smtp_server(SenderRefusingInbox(allowed="followups@example.com")) as (inbox, port):
+        refused = run_tick(
+            mongo, smtp(port, sender="typo@example.com"), tick(1), raise_on_error=False
+        )
+
+        assert "EMAIL_FROM" in failure_text(refused)
+        assert pending(mongo) == {}
+        assert inbox.refused_senders == ["typo@example.com"]  # stopped at the first follow-up
+        run_tick(mongo, smtp(port), tick(1))
+    assert recipients(inbox) == [f.BROKER_A["email"]] * 2
+    assert [followup(mongo, a)["retry_count"] for a in ("APP-1", "APP-2")] == [1, 1]
+
+
+def test_a_connection_lost_after_the_message_is_unknown_and_never_sent_again(mongo):
+    lost = {"broker_id": "BRK-L", "name": "Lu", "email": "lu@brokers.example"}
+    ingest(mongo, f.submitted("APP-1", 0, broker=lost), f.submitted("APP-2", 0))
+    with smtp_server(DroppingInbox(drop_for="lu@brokers.example")) as (inbox, port):
+        dropped = run_tick(mongo, smtp(port), tick(1), raise_on_error=False)
+
+        assert "SMTP_HOST" in failure_text(dropped)
+        assert metadata_of(dropped)["unknown"] == 1
+        assert recipients(inbox) == ["lu@brokers.example"]  # APP-2 waits for the next run
+        (attempt,) = mongo.db()[FOLLOWUP_ATTEMPTS].find({"app_id": "APP-1"})
+        assert attempt["status"] == "unknown"
+
+        rerun = run_tick(mongo, smtp(port), tick(1))  # the same hour again
+        assert rerun.success
+        assert recipients(inbox) == sorted(["lu@brokers.example", f.BROKER_A["email"]])
+
+    assert sum(rcpts == ["lu@brokers.example"] for _, rcpts, _ in inbox.messages) == 1
+    assert followup(mongo, "APP-1")["retry_count"] == 1  # counted once, as sent
+    assert [a["status"] for a in followup(mongo, "APP-1")["attempts"]] == ["unknown"]
+    assert pending(mongo) == {}
+
+
+def test_ses_unverified_sender_fails_the_run_naming_email_from(
+    mongo, moto_endpoint, aws_credentials
+):
+    ingest(mongo, f.submitted("APP-1", 0))
+    sender = SesEmailSender(
+        sender="not-verified@example.org",
+        aws=AwsConfig(region_name="us-east-1", endpoint_url=moto_endpoint),
+    )
+
+    result = run_tick(mongo, sender, tick(1), raise_on_error=False)
+
+    assert "EMAIL_FROM" in failure_text(result)
+    assert pending(mongo) == {}
+    assert followup(mongo, "APP-1")["retry_count"] == 0

@@ -58,10 +58,10 @@ def broker_followup_emails(
     as_of = config.instant()
     db = mongo.get_client()
     store = FollowupStore.of(db)
-    with db.explained_errors(), email.get_client().session() as send:
+    with db.explained_errors(), email.get_client().session() as session:
         report = send_followups(
             store,
-            send,
+            session,
             as_of=as_of,
             policy=settings.followup_policy(),
             max_per_second=settings.email_max_per_second,
@@ -71,13 +71,14 @@ def broker_followup_emails(
         metadata = run_metadata(report, store, as_of=as_of)
     context.log.info(
         f"as_of {as_of.isoformat()}: due {report.due}, sent {report.sent}, failed "
-        f"{report.failed}, unknown {report.unknown}, escalated {report.escalated}, "
-        f"expired {report.expired}"
+        f"{report.failed}, unknown {report.unknown}, escalated {report.escalated} "
+        f"(invalid address {report.invalid_address}), expired {report.expired}"
     )
     if report.sender_down:
         raise dg.Failure(
-            description=f"The email backend is down: {report.sender_down}. Nothing was "
-            "counted for the follow-ups not sent; the next run sends them.",
+            description=f"The email backend failed: {report.sender_down}. The run stopped "
+            "there; what it did is recorded, and the follow-ups it did not send are due "
+            "again next run.",
             metadata=metadata,
         )
     return dg.MaterializeResult(metadata=metadata)
@@ -102,6 +103,7 @@ def run_metadata(report: FollowupReport, store: FollowupStore, *, as_of: datetim
         "failed": report.failed,
         "unknown": report.unknown,
         "escalated_to_pending": report.escalated,
+        "invalid_address": report.invalid_address,
         "expired": report.expired,
         "waiting_quiet_hours": report.waiting,
         "newly_pending": [f"{app}: {reason}" for app, reason in report.newly_pending],

@@ -3,12 +3,18 @@
 Per due follow-up (Contract 3): expired → PENDING `expired`; `max_emails` sent → PENDING;
 quiet hours → wait; else one email under the attempt key, exactly once:
 
-    claim (insert_one of the key) → send_started_at → send → sent | failed → outcome
+    claim (insert_one of the key) → prepare → send_started_at → deliver → sent | failed |
+    unknown → outcome
 
-A rerun finds the claim: `sent` or UNKNOWN is counted and never re-sent; a claim without
-`send_started_at` (the run died before sending) is sent under the same key; one with it but
-no result becomes UNKNOWN (it may have gone out): counted as sent, never re-sent. A transient
-failure releases the claim for the next run and counts nothing.
+`prepare` builds and checks the message before `send_started_at`: one whose message cannot be
+built, or whose address the server cannot take, is `failed` with reason `invalid_address` and
+the follow-up PENDING; the run goes on. A rerun finds the claim: `sent` or UNKNOWN is counted
+and never re-sent; a claim without `send_started_at` (the run died before sending) is sent
+under the same key; one with it but no result becomes UNKNOWN (it may have gone out): counted
+as sent, never re-sent. A transient failure releases the claim for the next run and counts
+nothing. A server-level failure (unreachable, login or sender refused) releases the claim too
+and stops the run; a delivery whose outcome is unknown (the connection lost after the message
+went out) is UNKNOWN at once, and stops the run as well.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 from pymongo import UpdateOne
 
@@ -30,14 +37,16 @@ from enrollment_pipeline.domain.followup_rules import (
     decide,
     followup_email,
     pending_digest,
-    valid_address,
 )
 from enrollment_pipeline.lib.clients.email import (
+    EmailError,
+    EmailSession,
+    InvalidAddressError,
     OutgoingEmail,
     PermanentEmailError,
     TransientEmailError,
+    UnknownEmailOutcome,
 )
-from enrollment_pipeline.lib.mongo.collections import Document
 from enrollment_pipeline.lib.mongo.followup_store import (
     FollowupStore,
     failed_outcome,
@@ -47,8 +56,6 @@ from enrollment_pipeline.lib.mongo.followup_store import (
 
 # Steps a test may stop a run at, to prove an attempt is never sent twice.
 CHECKPOINTS = ("after_claim", "after_send_started", "after_send")
-
-Send = Callable[[OutgoingEmail], str]
 
 
 def no_checkpoint(step: str) -> None:
@@ -62,12 +69,14 @@ class FollowupReport:
     due: int = 0
     sent: int = 0
     failed: int = 0  # transient: tried again next run, not counted
-    unknown: int = 0  # may have gone out before a crash: counted as sent, never re-sent
+    unknown: int = 0  # may have gone out (a crash, a lost connection): counted, never re-sent
     escalated: int = 0  # PENDING after max_emails, or a permanent failure
+    invalid_address: int = 0  # of those, a message that could not be built or taken
     expired: int = 0
     waiting: int = 0  # quiet hours
     newly_pending: list[tuple[str, str]] = field(default_factory=list)
     errors: Counter[str] = field(default_factory=Counter)
+    # Why the run stopped sending (server-level failure or an unknown outcome): it fails red.
     sender_down: str | None = None
 
 
@@ -93,7 +102,7 @@ class Pacer:
 
 def send_followups(
     store: FollowupStore,
-    send: Send,
+    session: EmailSession,
     *,
     as_of: datetime,
     policy: FollowupPolicy,
@@ -128,7 +137,7 @@ def send_followups(
                 continue  # counted as due; the next run tries again
             outcome = _attempt(
                 store,
-                send,
+                session,
                 followup,
                 applications.get(followup["_id"]),
                 decision,
@@ -146,17 +155,17 @@ def send_followups(
     if ops_email and report.newly_pending and not report.sender_down:
         subject, text = pending_digest(report.newly_pending, as_of=as_of)
         try:
-            send(OutgoingEmail(ops_email, subject, text))
-        except (TransientEmailError, PermanentEmailError) as exc:
+            session(OutgoingEmail(ops_email, subject, text))
+        except EmailError as exc:
             report.errors[f"ops digest: {exc}"] += 1
     return report
 
 
 def _attempt(
     store: FollowupStore,
-    send: Send,
-    followup: Document,
-    application: Document | None,
+    session: EmailSession,
+    followup: dict[str, Any],
+    application: dict[str, Any] | None,
     decision: Decision,
     *,
     as_of: datetime,
@@ -214,30 +223,51 @@ def _attempt(
         attempt_in_cycle=followup.get("retry_count", 0) + 1,
         max_emails=policy.max_emails,
     )
-    if not valid_address(email.to):
-        store.set_attempt(key, {"status": "failed", "reason": INVALID_ADDRESS})
-        return rejected(INVALID_ADDRESS)
-    pacer.wait()
-    store.set_attempt(key, {"send_started_at": as_of, "run_id": run_id})
-    checkpoint("after_send_started")
-    try:
-        message_id = send(
-            OutgoingEmail(
-                email.to, email.subject, email.text, html=email.html, to_name=email.to_name
-            )
-        )
-    except PermanentEmailError as exc:
-        store.set_attempt(
-            key, {"status": "failed", "reason": RECIPIENT_REJECTED, "detail": str(exc)}
-        )
-        return rejected(RECIPIENT_REJECTED)
-    except TransientEmailError as exc:
+    outgoing = OutgoingEmail(
+        email.to, email.subject, email.text, html=email.html, to_name=email.to_name
+    )
+
+    def released(exc: TransientEmailError) -> None:
         # Not sent: release the key (no send_started_at), so the next run sends under it.
         store.set_attempt(key, {"status": "retry", "detail": str(exc)}, unset=["send_started_at"])
         report.failed += 1
         report.errors[str(exc)] += 1
         if exc.server_down:
             report.sender_down = str(exc)
+
+    def invalid(exc: InvalidAddressError) -> UpdateOne:
+        store.set_attempt(key, {"status": "failed", "reason": INVALID_ADDRESS, "detail": str(exc)})
+        report.invalid_address += 1
+        return rejected(INVALID_ADDRESS)
+
+    try:  # nothing has left yet: whatever fails here was not sent
+        prepared = session.prepare(outgoing)
+    except InvalidAddressError as exc:
+        return invalid(exc)
+    except TransientEmailError as exc:
+        released(exc)
+        return None
+    pacer.wait()
+    store.set_attempt(key, {"send_started_at": as_of, "run_id": run_id})
+    checkpoint("after_send_started")
+    try:
+        message_id = session.deliver(prepared)
+    except UnknownEmailOutcome as exc:
+        # It may have reached the broker: counted as sent, never sent again; the run stops.
+        store.set_attempt(key, {"status": "unknown", "resolved_at": as_of, "detail": str(exc)})
+        report.unknown += 1
+        report.errors[str(exc)] += 1
+        report.sender_down = str(exc)
+        return counted("unknown")
+    except InvalidAddressError as exc:
+        return invalid(exc)
+    except PermanentEmailError as exc:
+        store.set_attempt(
+            key, {"status": "failed", "reason": RECIPIENT_REJECTED, "detail": str(exc)}
+        )
+        return rejected(RECIPIENT_REJECTED)
+    except TransientEmailError as exc:
+        released(exc)
         return None
     checkpoint("after_send")
     store.set_attempt(key, {"status": "sent", "sent_at": as_of, "message_id": message_id})
