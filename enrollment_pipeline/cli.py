@@ -583,7 +583,7 @@ def dead_letters_redrive(letter_ids, reason, leads, force) -> None:
 def _redrive_leads(settings, kafka, store, letter_ids: list[str] | None) -> None:
     """Deliver parked and failed leads now: all of them, or those of the named letters'
     applications (with what waits behind them)."""
-    from enrollment_pipeline.defs.crm.resources import CrmClient
+    from enrollment_pipeline.defs.crm.resources import CrmClient, CrmConfigError
     from enrollment_pipeline.lib.leads.delivery import CrmUnavailableError, deliver_range
     from enrollment_pipeline.lib.mongo.lead_store import LeadDeliveryStore
 
@@ -595,10 +595,16 @@ def _redrive_leads(settings, kafka, store, letter_ids: list[str] | None) -> None
     crm = CrmClient(
         base_url=settings.lead_api_url,
         token=settings.lead_api_token.get_secret_value() if settings.lead_api_token else None,
+        allow_http=settings.lead_api_allow_http,
         connect_timeout_s=settings.lead_api_connect_timeout_seconds,
         read_timeout_s=settings.lead_api_read_timeout_seconds,
+        request_deadline_s=settings.lead_api_request_deadline_seconds,
         max_attempts=settings.lead_api_max_attempts,
     )
+    try:
+        crm.check_config()
+    except CrmConfigError as exc:
+        raise click.ClickException(str(exc)) from None
     try:
         report = deliver_range(
             kafka,

@@ -63,8 +63,10 @@ def build_resources(settings: PipelineSettings | None = None) -> dict[str, objec
         "crm": CrmClient(
             base_url=s.lead_api_url,
             token=_secret("LEAD_API_TOKEN"),
+            allow_http=s.lead_api_allow_http,
             connect_timeout_s=s.lead_api_connect_timeout_seconds,
             read_timeout_s=s.lead_api_read_timeout_seconds,
+            request_deadline_s=s.lead_api_request_deadline_seconds,
             max_attempts=s.lead_api_max_attempts,
         ),
         "settings": PipelineSettingsResource.from_settings(s),

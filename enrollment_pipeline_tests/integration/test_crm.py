@@ -22,7 +22,11 @@ LEAD = {
 
 def _client(httpserver, **kwargs) -> CrmClient:
     return CrmClient(
-        base_url=httpserver.url_for("/"), token="t0ken", backoff_initial_s=0.01, **kwargs
+        base_url=httpserver.url_for("/"),
+        token="t0ken",
+        allow_http=True,  # the server is on loopback
+        backoff_initial_s=0.01,
+        **kwargs,
     )
 
 
