@@ -229,27 +229,34 @@ def raw_client(url: str, **kwargs) -> CrmClient:
 def test_a_redirect_is_never_followed_and_fails_the_lead_for_good(httpserver, status):
     moved = []
     httpserver.expect_request("/leads", method="POST").respond_with_response(
-        Response("", status=status, headers={"Location": "/moved?email=jane@example.com"})
+        Response(
+            "",
+            status=status,
+            headers={"Location": "/moved?email=jane%40example.com&who=Jane"},
+        )
     )
     httpserver.expect_request("/moved").respond_with_handler(
         lambda request: moved.append(request.method) or Response("{}", status=200)
     )
     outcome = _client(httpserver).post_lead(LEAD)
     assert (outcome.outcome, outcome.status, outcome.attempts) == ("rejected", status, 1)
-    assert "/moved" in outcome.detail and "LEAD_API_URL" in outcome.detail
-    assert "jane@example.com" not in outcome.detail
+    assert "redirect to '/moved?...' not followed" in outcome.detail
+    assert "LEAD_API_URL" in outcome.detail
+    assert "jane" not in outcome.detail.lower() and "%40" not in outcome.detail
     assert moved == []  # the GET that answers 200 without taking the lead never happened
     assert [(r.method, r.path) for r, _ in httpserver.log] == [("POST", "/leads")]
 
 
 def test_an_http_url_behind_an_https_redirect_is_not_followed(httpserver):
     https = httpserver.url_for("/leads").replace("http://", "https://")
+    with_secrets = https.replace("https://", "https://admin:hunter2@") + "?email=a%40b.example"
     httpserver.expect_request("/leads", method="POST").respond_with_response(
-        Response("Moved", status=301, headers={"Location": https})
+        Response("Moved", status=301, headers={"Location": with_secrets})
     )
     outcome = _client(httpserver).post_lead(LEAD)
     assert (outcome.outcome, outcome.status) == ("rejected", 301)
-    assert https in outcome.detail
+    assert f"redirect to '{https}?...'" in outcome.detail  # where to point LEAD_API_URL
+    assert "hunter2" not in outcome.detail and "b.example" not in outcome.detail
     assert len(httpserver.log) == 1
 
 

@@ -39,7 +39,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC
 from typing import Any, Literal
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 import dagster as dg
 import requests
@@ -282,6 +282,25 @@ class _Answer:
     status: int | None
     detail: str
     retry_after: float | None = None
+
+
+def _shown_location(location: str, lead: Mapping[str, Any]) -> str:
+    """Where a redirect pointed, enough to fix LEAD_API_URL: scheme, host, port and path,
+    never a password or the query (contact values travel there), the path redacted."""
+    try:
+        parts = urlsplit(location.strip())
+        host = parts.hostname or ""
+        if ":" in host:
+            host = f"[{host}]"
+        origin = f"{host}:{parts.port}" if parts.port else host
+        if parts.scheme:
+            origin = f"{parts.scheme}://{origin}"
+        elif origin:
+            origin = f"//{origin}"
+        shown = origin + redacted_excerpt(unquote(parts.path), lead)
+        return shown + ("?..." if parts.query or parts.fragment else "")
+    except ValueError:  # not even a URL
+        return redacted_excerpt(unquote(location), lead)
 
 
 def _unsendable(exc: Exception) -> str:
@@ -552,7 +571,7 @@ class CrmClient(dg.ConfigurableResource):
         headers = response.headers
         if 300 <= status < 400:
             location = headers.get("Location")
-            where = f"to {redacted_excerpt(location, lead)!r}" if location else "without a Location"
+            where = f"to {_shown_location(location, lead)!r}" if location else "without a Location"
             return _Answer(
                 "rejected",
                 status,
