@@ -70,9 +70,13 @@ class EmailSettings(AwsSettings):
 class CrmSettings(_Settings):
     lead_api_url: str = "http://127.0.0.1:8090"
     lead_api_token: SecretStr | None = None
-    # One CRM request: connect and read timeouts; attempts per lead within one run.
+    # The token goes over https:// only, unless this is true (for a CRM on loopback).
+    lead_api_allow_http: bool = False
+    # One CRM request: connect and read timeouts, and the wall-clock limit of the whole
+    # request (a server trickling its answer cannot hold it longer); attempts per lead per run.
     lead_api_connect_timeout_seconds: float = Field(default=3.0, gt=0)
     lead_api_read_timeout_seconds: float = Field(default=10.0, gt=0)
+    lead_api_request_deadline_seconds: float = Field(default=30.0, gt=0)
     lead_api_max_attempts: int = Field(default=5, ge=1)
 
 

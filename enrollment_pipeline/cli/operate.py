@@ -193,7 +193,7 @@ def dead_letters_redrive(letter_ids, reason, leads, force) -> None:
 def _redrive_leads(kafka, store, letter_ids: list[str] | None) -> None:
     """Deliver parked and failed leads now: all of them, or those of the named letters'
     applications (with what waits behind them)."""
-    from enrollment_pipeline.lib.clients.crm import CrmClient
+    from enrollment_pipeline.lib.clients.crm import CrmClient, CrmConfigError
     from enrollment_pipeline.lib.leads.delivery import (
         CrmUnavailableError,
         LeadDeliveryPolicy,
@@ -209,12 +209,17 @@ def _redrive_leads(kafka, store, letter_ids: list[str] | None) -> None:
     policy = LeadDeliveryPolicy.from_settings(
         LeadDeliverySettings(), max_record_bytes=IngestSettings().ingest_max_record_bytes
     )
+    crm = CrmClient.from_settings(CrmSettings())
+    try:
+        crm.check_config()
+    except CrmConfigError as exc:
+        raise click.ClickException(str(exc)) from None
     try:
         report = deliver_range(
             kafka,
             store,
             deliveries,
-            CrmClient.from_settings(CrmSettings()),
+            crm,
             None,
             policy=policy,
             redrive=True,

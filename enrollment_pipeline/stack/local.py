@@ -308,4 +308,14 @@ class LocalStack:
         }
         if p.aws_endpoint_url:
             values["AWS_ENDPOINT_URL"] = p.aws_endpoint_url
+        # The CRM double speaks plain HTTP: a bearer token may go to it, on loopback only.
+        import ipaddress
+
+        host = self.crm.host
+        try:
+            loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+        except ValueError:
+            loopback = False
+        if loopback:
+            values["LEAD_API_ALLOW_HTTP"] = "true"
         return values

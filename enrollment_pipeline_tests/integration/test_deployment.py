@@ -87,6 +87,7 @@ def test_webserver_and_daemon_run_the_pipeline_on_postgres_storage(
         "SMTP_PORT": str(smtp_port),
         "LEAD_API_URL": local_crm.url,
         "LEAD_API_TOKEN": "s3cret-token",
+        "LEAD_API_ALLOW_HTTP": "true",  # the CRM double is on loopback
     }
     records = list(synthetic_events(60, seed=12, start=datetime.now(UTC) - timedelta(days=1)))
     pipeline.produce(records)

@@ -48,7 +48,12 @@ CONTACT_VALUES = ("Jane", "Doe", "jane.doe@example.com", "+1-555-0100")
 
 
 def client(url: str, **kwargs) -> CrmClient:
-    options = {"token": "s3cret-token", "backoff_initial_s": 0.01, "read_timeout_s": 5.0}
+    options = {
+        "token": "s3cret-token",
+        "allow_http": True,  # the CRM is on loopback
+        "backoff_initial_s": 0.01,
+        "read_timeout_s": 5.0,
+    }
     return CrmClient(base_url=url.rstrip("/"), **{**options, **kwargs})
 
 
@@ -465,6 +470,7 @@ def test_the_operator_redrives_a_refused_lead_from_the_command_line(
         "LEAD_TOPIC": pipeline.lead_topic,
         "LEAD_API_URL": local_crm.url,
         "LEAD_API_TOKEN": "s3cret-token",
+        "LEAD_API_ALLOW_HTTP": "true",
     }.items():
         monkeypatch.setenv(name, value)
     monkeypatch.delenv("DAGSTER_HOME", raising=False)
@@ -500,6 +506,7 @@ def test_a_redrive_from_the_command_line_parks_for_lead_park_minutes(
         "LEAD_TOPIC": pipeline.lead_topic,
         "LEAD_API_URL": local_crm.url,
         "LEAD_API_TOKEN": "s3cret-token",
+        "LEAD_API_ALLOW_HTTP": "true",
         "LEAD_API_MAX_ATTEMPTS": "1",
         "LEAD_PARK_MINUTES": "90",
     }.items():
@@ -614,3 +621,165 @@ def test_thousands_of_waiting_leads_are_redriven_in_one_run_while_ingestion_writ
         received[lead["application_id"]].append(lead["lead_event_id"])
     assert received == in_topic  # each once, in order per application
     assert_read_model_is_the_fold(pipeline, first + later)
+
+
+# -- a CRM that redirects, and a client that must not be fooled ------------------------------
+
+
+class RedirectingCrm:
+    """A CRM behind a load balancer that answers some POSTs `302 Location: /moved`, where a
+    GET answers 200 without taking anything (what made `requests` record leads as delivered
+    that the CRM never had). Otherwise the CRM proper: 201 the first time a key comes, 409
+    after. `taken` is the CRM's own list of what it took, in arrival order."""
+
+    def __init__(self, redirected: set[str]) -> None:
+        self.redirected = redirected  # application ids whose POSTs are redirected
+        self.taken: list[dict] = []
+        self.posts: dict[str, int] = defaultdict(int)
+        self.moved_hits = 0
+        self.lock = threading.Lock()
+
+    def leads(self, request: Request) -> Response:
+        assert request.headers.get("Authorization") == "Bearer s3cret-token"
+        lead = request.get_json()
+        with self.lock:
+            self.posts[lead["lead_event_id"]] += 1
+            if lead["application_id"] in self.redirected:
+                return Response("", status=302, headers={"Location": "/moved"})
+            if any(x["lead_event_id"] == lead["lead_event_id"] for x in self.taken):
+                return Response("{}", status=409)
+            self.taken.append(lead)
+        return Response("{}", status=201)
+
+    def moved(self, request: Request) -> Response:
+        with self.lock:
+            self.moved_hits += 1
+        return Response('{"status": "ok"}', status=200)
+
+
+def test_redirected_leads_are_never_recorded_delivered_and_are_redriven_after_the_fix(
+    pipeline: Pipeline, threaded_httpserver: HTTPServer, services, monkeypatch
+):
+    from click.testing import CliRunner
+
+    from enrollment_pipeline.cli import main
+
+    redirected_apps = {"APP-1", "APP-3"}
+    published = publish(
+        pipeline,
+        [*three_leads("APP-1"), *three_leads("APP-2"), f.submitted("APP-3", 2)]
+        + [f.submitted(f"APP-{i}", i) for i in range(4, 8)],
+    )
+    crm = RedirectingCrm(redirected=set(redirected_apps))
+    threaded_httpserver.expect_request("/leads", method="POST").respond_with_handler(crm.leads)
+    threaded_httpserver.expect_request("/moved").respond_with_handler(crm.moved)
+    url = threaded_httpserver.url_for("/").rstrip("/")
+    resources = {**pipeline.resources(), "crm": client(url)}
+
+    runs = []
+    with dg.instance_for_test() as instance:
+        for _ in range(5):
+            with dg.build_sensor_context(instance=instance, resources=resources) as context:
+                result = lead_events_sensor(context)
+            if isinstance(result, dg.SkipReason):
+                break
+            (request,) = result.run_requests
+            runs.append(
+                run_job(
+                    deliver_leads,
+                    run_config=request.run_config,
+                    resources=resources,
+                    instance=instance,
+                    tags=request.tags,
+                )
+            )
+    assert len(runs) == 1 and runs[0].success  # a redirect fails a lead, never the run
+
+    # Nothing is DELIVERED that the CRM did not take; the CRM took every other lead once.
+    delivered = {i for i, d in deliveries_of(pipeline).items() if d["status"] == "DELIVERED"}
+    assert delivered == {x["lead_event_id"] for x in crm.taken}
+    assert {x["application_id"] for x in crm.taken} == {f"APP-{i}" for i in (2, 4, 5, 6, 7)}
+    assert crm.moved_hits == 0  # the redirect was never followed
+    (materialization,) = runs[0].asset_materializations_for_node("deliver_lead_range")
+    metadata = {k: v.value for k, v in materialization.metadata.items()}
+    assert (metadata["delivered"], metadata["permanently_failed"]) == (7, 2)
+    letters = {
+        d["_id"]: d for d in pipeline.mongo.db()[DEAD_LETTERS].find({"reason": "crm_rejected"})
+    }
+    first_of = {
+        app: next(x["lead_event_id"] for x in published if x["application_id"] == app)
+        for app in redirected_apps
+    }
+    assert set(letters) == {f"crm:{lead_id}" for lead_id in first_of.values()}
+    for letter in letters.values():
+        assert letter["detail"].startswith("HTTP 302: redirect to '/moved' not followed")
+        assert "LEAD_API_URL" in letter["detail"]
+    states = deliveries_of(pipeline)
+    assert [
+        states[x["lead_event_id"]]["status"] for x in published if x["application_id"] == "APP-1"
+    ] == [
+        "FAILED",
+        "PARKED",
+        "PARKED",
+    ]
+
+    # The load balancer is fixed; the operator re-drives from the command line.
+    crm.redirected.clear()
+    for name, value in {
+        "KAFKA_BOOTSTRAP_SERVERS": services.kafka_bootstrap_servers,
+        "MONGO_URI": services.mongo_uri,
+        "MONGO_DATABASE": pipeline.mongo.database,
+        "LEAD_TOPIC": pipeline.lead_topic,
+        "LEAD_API_URL": url,
+        "LEAD_API_TOKEN": "s3cret-token",
+        "LEAD_API_ALLOW_HTTP": "true",
+    }.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("DAGSTER_HOME", raising=False)
+    result = CliRunner().invoke(main, ["dead-letters", "redrive", "--leads", "--force"])
+    assert result.exit_code == 0, result.output
+    assert "leads delivered: 4" in result.output
+
+    # Every lead is at the CRM exactly once, each application's in topic order.
+    assert sorted(x["lead_event_id"] for x in crm.taken) == sorted(
+        x["lead_event_id"] for x in published
+    )
+    for app in redirected_apps:
+        assert [x["lead_event_id"] for x in crm.taken if x["application_id"] == app] == [
+            x["lead_event_id"] for x in published if x["application_id"] == app
+        ]
+    assert {d["status"] for d in deliveries_of(pipeline).values()} == {"DELIVERED"}
+    assert {
+        d["status"] for d in pipeline.mongo.db()[DEAD_LETTERS].find({"_id": {"$in": list(letters)}})
+    } == {"REDRIVEN"}
+    assert crm.moved_hits == 0
+    # Each redirected head was posted twice (refused, then taken); nothing else was re-sent.
+    assert {k: n for k, n in crm.posts.items() if n > 1} == dict.fromkeys(first_of.values(), 2)
+
+
+def test_a_token_over_plain_http_fails_the_run_at_its_start_without_touching_a_lead(
+    pipeline: Pipeline, local_crm: LocalCrm
+):
+    publish(pipeline, [f.submitted(f"APP-{i}", i) for i in range(3)])
+    plain = CrmClient(base_url=local_crm.url, token="s3cret-token")  # no LEAD_API_ALLOW_HTTP
+    resources = {**pipeline.resources(), "crm": plain}
+    with dg.instance_for_test() as instance:
+        # The sensor needs no CRM (the daemon gives it only the resources it names).
+        with dg.build_sensor_context(instance=instance, resources=pipeline.resources()) as context:
+            (request,) = lead_events_sensor(context).run_requests
+        failed = run_job(
+            deliver_leads,
+            run_config=request.run_config,
+            resources=resources,
+            instance=instance,
+            tags=request.tags,
+            raise_on_error=False,
+        )
+        assert not failed.success
+        messages = "\n".join(str(e.event_specific_data) for e in failed.all_events if e.is_failure)
+        assert "LEAD_API_ALLOW_HTTP" in messages and "LEAD_API_URL" in messages
+        assert "s3cret-token" not in "\n".join(repr(e) for e in instance.all_logs(failed.run_id))
+    assert local_crm.state.requests == {}  # nothing was sent
+    assert deliveries_of(pipeline) == {}  # no lead failed, parked or dead-lettered for it
+    assert pipeline.mongo.db()[DEAD_LETTERS].count_documents({}) == 0
+    assert lead_plan(pipeline) is not None  # the range waits for a fixed run
