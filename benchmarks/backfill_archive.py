@@ -148,7 +148,7 @@ def main() -> None:
             rebuild_sampler = PeakMemory()
             rebuild_sampler.start()
             started = time.perf_counter()
-            rebuilt = rebuild_read_model(EnrollmentStore.of(mongo))
+            rebuilt = rebuild_read_model(EnrollmentStore.of(mongo), lease=None)
             seconds = time.perf_counter() - started
             rebuild_sampler.stopped.set()
             assert rebuilt.documents_changed == len(app_ids), rebuilt

@@ -92,6 +92,7 @@ def timed_run(mongo, sender, max_per_second: float, label: str, count: int) -> N
             as_of=SUBMITTED_AT + timedelta(hours=1),
             policy=policy,
             max_per_second=max_per_second,
+            lease=None,
         )
         seconds = time.perf_counter() - started
     assert report.sent == count, report

@@ -88,7 +88,9 @@ def bench_ingest(settings: PipelineSettings, events: int, partitions: int) -> No
 
         counter.counts.clear()
         started = time.perf_counter()
-        result = ingest_range(kafka, store, plan, lead_topic=lead_topic, checkpoint=mark)
+        result = ingest_range(
+            kafka, store, plan, lead_topic=lead_topic, lease=None, checkpoint=mark
+        )
         elapsed = time.perf_counter() - started
         report = result.report
         print(f"events in the range       {produced:>10,}")

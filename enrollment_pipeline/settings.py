@@ -12,11 +12,11 @@ This module sits between `domain/` and `lib/`: it imports only pydantic.
 from __future__ import annotations
 
 import os
-from datetime import date
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr
+from pydantic import AwareDatetime, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -47,6 +47,21 @@ class MongoSettings(_Settings):
     mongo_timeout_ms: int = Field(default=30_000, ge=100)
     # Statements per update command; unset: chosen by engine (see lib/mongo/writes.py).
     mongo_max_writes_per_command: int | None = Field(default=None, ge=1)
+    # The writers' lease of the read model (lib/mongo/lease.py): a holder that stops renewing
+    # lets go after the ttl; a second writer waits up to `wait`, then refuses naming the
+    # holder; one taking over an expired lease waits `grace` (at least one command's time).
+    writer_lease_ttl_seconds: float = Field(default=60.0, ge=1)
+    writer_lease_wait_seconds: float = Field(default=600.0, ge=0)
+    writer_lease_grace_seconds: float = Field(default=35.0, ge=0)
+
+    @model_validator(mode="after")
+    def _grace_covers_one_command(self) -> MongoSettings:
+        if self.writer_lease_grace_seconds * 1000 < self.mongo_timeout_ms:
+            raise ValueError(
+                "WRITER_LEASE_GRACE_SECONDS must be at least MONGO_TIMEOUT_MS (in seconds): a "
+                "writer taking over must outwait the last command of the one it replaces"
+            )
+        return self
 
 
 class AwsSettings(_Settings):
@@ -86,13 +101,25 @@ class ArchiveSettings(AwsSettings):
 
 
 class IngestSettings(_Settings):
-    """Ingestion micro-batches (DESIGN "Delivery semantics")."""
+    """Ingestion micro-batches (DESIGN "Delivery semantics") and what one input may be."""
 
     ingest_max_events_per_run: int = Field(default=50_000, ge=1)
     ingest_max_record_bytes: int = Field(default=1_000_000, ge=1)
+    # The instants an event may carry (occurred_at, signed_at), in UTC; outside them it is a
+    # schema_violation. Fixed dates, not relative to the clock: a replay decides the same.
+    event_time_min: AwareDatetime = datetime(1900, 1, 1, tzinfo=UTC)
+    event_time_max: AwareDatetime = datetime(2200, 1, 1, tzinfo=UTC)
+    # Of a dead letter's input, the bytes kept (its full size and SHA-256 are kept too).
+    dead_letter_max_raw_bytes: int = Field(default=256 * 1024, ge=1)
     ingest_max_range_attempts: int = Field(default=3, ge=1)
     ingest_max_dead_letter_rate: float = Field(default=0.05, ge=0, le=1)
     ingest_max_consumer_lag: int = Field(default=100_000, ge=0)
+
+    @model_validator(mode="after")
+    def _time_bounds_in_order(self) -> IngestSettings:
+        if self.event_time_min >= self.event_time_max:
+            raise ValueError("EVENT_TIME_MIN must be before EVENT_TIME_MAX")
+        return self
 
 
 class LeadDeliverySettings(_Settings):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter, defaultdict
+from datetime import timedelta
 
 import dagster as dg
 
@@ -19,6 +20,7 @@ from enrollment_pipeline.lib.clients.kafka import KafkaClient
 from enrollment_pipeline.lib.clients.mongo import MongoConnection
 from enrollment_pipeline.lib.ingestion.run import IngestResult, ingest_range
 from enrollment_pipeline.lib.mongo.collections import APPLICATIONS, BROKER_FOLLOWUPS, DEAD_LETTERS
+from enrollment_pipeline.lib.mongo.lease import LeasePolicy, WriterLease
 from enrollment_pipeline.lib.mongo.store import EnrollmentStore
 from enrollment_pipeline_tests.jobs import as_resources, run_job
 
@@ -56,7 +58,12 @@ class Pipeline:
                 ranges.append(PartitionRange(p, start, stop))
         return RangePlan(self.topic, tuple(ranges))
 
+    def lease(self, owner: str = "a test") -> WriterLease:
+        """The writers' lease, as a run takes it (short waits: a test holds it briefly)."""
+        return short_lease(self.mongo, owner)
+
     def ingest(self, plan: RangePlan | None = None, **kwargs) -> IngestResult:
+        kwargs.setdefault("lease", self.lease())
         return ingest_range(
             self.kafka, self.store, plan or self.plan(), lead_topic=self.lead_topic, **kwargs
         )
@@ -74,6 +81,17 @@ class Pipeline:
         ends = self.kafka.end_offsets(self.lead_topic)
         records = self.kafka.read_range(self.lead_topic, {p: (0, e) for p, e in ends.items()})
         return [json.loads(r.value) for r in records]
+
+
+def short_lease(mongo: MongoConnection, owner: str = "a test") -> WriterLease:
+    """A writers' lease with the waits of a test: a minute at most, no grace."""
+    return WriterLease(
+        mongo.db(),
+        owner=owner,
+        policy=LeasePolicy(
+            ttl=timedelta(seconds=20), wait=timedelta(seconds=60), grace=timedelta(0)
+        ),
+    )
 
 
 def _normalized(value):

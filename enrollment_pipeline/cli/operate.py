@@ -11,11 +11,13 @@ import click
 from enrollment_pipeline.cli.clients import enrollment_store, kafka_client, runs_in_flight
 from enrollment_pipeline.cli.output import print_table
 from enrollment_pipeline.lib.consumer_groups import ENROLLMENT_GROUPS, LEAD_INTEGRATION_GROUP
+from enrollment_pipeline.lib.ingestion.limits import InputLimits
 from enrollment_pipeline.settings import (
     CrmSettings,
     IngestSettings,
     KafkaSettings,
     LeadDeliverySettings,
+    MongoSettings,
 )
 
 
@@ -58,9 +60,35 @@ def offsets_show() -> None:
     )
 
 
+def _offset_targets(values: tuple[str, ...]) -> tuple[int | None, dict[int, int]]:
+    """`--to-offset N` (every chosen partition) and/or `--to-offset P=N` (one partition)."""
+    every: int | None = None
+    per_partition: dict[int, int] = {}
+    for value in values:
+        partition, sep, offset = value.partition("=")
+        try:
+            if sep:
+                per_partition[int(partition)] = int(offset)
+            else:
+                every = int(value)
+        except ValueError:
+            raise click.BadParameter(
+                f"{value!r} is neither an offset N nor a partition's P=N", param_hint="--to-offset"
+            ) from None
+    if any(v < 0 for v in [*per_partition.values(), *([every] if every is not None else [])]):
+        raise click.BadParameter("offsets are 0 or more", param_hint="--to-offset")
+    return every, per_partition
+
+
 @offsets.command("reset")
-@click.option("--to-offset", type=int, help="Restart every chosen partition at this offset.")
-@click.option("--to-time", type=click.DateTime(), help="Restart at the first event at/after.")
+@click.option(
+    "--to-offset",
+    "to_offsets",
+    multiple=True,
+    metavar="N | P=N",
+    help="Restart at offset N (every chosen partition), or partition P at N; repeatable.",
+)
+@click.option("--to-time", type=click.DateTime(), help="Restart at the first event at/after (UTC).")
 @click.option("--partition", "partitions", type=int, multiple=True, help="Only these.")
 @click.option(
     "--consumer",
@@ -70,18 +98,23 @@ def offsets_show() -> None:
     help="enrollment: the three groups on the enrollment topic; leads: "
     "lead-integration-service on the lead topic.",
 )
+@click.option("--allow-skip", is_flag=True, help="Allow moving forward past the committed offsets.")
 @click.option("--force", is_flag=True, help="Skip the check for runs in flight.")
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
-def offsets_reset(to_offset, to_time, partitions, consumer, force, yes) -> None:
+def offsets_reset(to_offsets, to_time, partitions, consumer, allow_skip, force, yes) -> None:
     """Move a consumer's groups, so its sensor replays from there.
 
     Replays are safe: events already stored are no-ops, leads are not published twice, and
-    delivered leads are not posted again. Refused while one of its runs is in flight.
-    """
-    from enrollment_pipeline.lib.operations import reset_offsets, reset_targets
+    delivered leads are not posted again. A move forward past the committed offset would skip
+    records unread: refused unless --allow-skip. Refused while one of its runs is in flight.
 
-    if (to_offset is None) == (to_time is None):
-        raise click.UsageError("give exactly one of --to-offset and --to-time")
+    Example: enrollment-pipeline offsets reset --to-offset 0=1200 --to-offset 3=977
+    """
+    from enrollment_pipeline.lib.operations import ResetRefusedError, plan_reset, reset_offsets
+
+    every, per_partition = _offset_targets(to_offsets)
+    if (bool(to_offsets)) == (to_time is not None):
+        raise click.UsageError("give --to-offset or --to-time (one of them)")
     job = "ingest_enrollment_events" if consumer == "enrollment" else "deliver_leads"
     if not force:
         running = runs_in_flight(job)
@@ -93,14 +126,54 @@ def offsets_reset(to_offset, to_time, partitions, consumer, force, yes) -> None:
     groups = ENROLLMENT_GROUPS if consumer == "enrollment" else (LEAD_INTEGRATION_GROUP,)
     when = to_time.replace(tzinfo=to_time.tzinfo or UTC) if to_time else None
     with kafka_client() as kafka:
-        targets = reset_targets(
-            kafka, topic, to_offset=to_offset, to_time=when, partitions=list(partitions) or None
-        )
-        click.echo(f"new offsets for {', '.join(groups)} on {topic}: {targets}")
+        try:
+            moves = plan_reset(
+                kafka,
+                store,
+                topic,
+                group=groups[0],
+                to_offset=every,
+                per_partition=per_partition,
+                to_time=when,
+                partitions=list(partitions) or None,
+                allow_skip=allow_skip,
+            )
+        except ResetRefusedError as exc:
+            raise click.ClickException(str(exc)) from None
+        click.echo(f"{', '.join(groups)} on {topic}:")
+        for move in moves:
+            before = "-" if move.before is None else str(move.before)
+            what = (
+                f"skips {move.skipped}"
+                if move.skipped
+                else f"replays {move.replayed}"
+                if move.replayed
+                else "unchanged"
+            )
+            click.echo(f"  partition {move.partition}: {before} -> {move.after} ({what})")
         if not yes:
             click.confirm("Apply?", abort=True)
-        reset_offsets(kafka, store, topic, targets, groups=groups)
+        lease = _cli_lease(store, "offsets reset") if consumer == "enrollment" else None
+        reset_offsets(kafka, store, topic, moves, groups=groups, lease=lease)
     click.echo("done; the sensor will replay from there")
+
+
+def _who() -> str:
+    from enrollment_pipeline.lib.mongo.lease import default_owner
+
+    return default_owner()
+
+
+def _cli_lease(store, description: str):
+    """The writers' lease a command takes before it writes the read model."""
+    from enrollment_pipeline.lib.mongo.lease import LeasePolicy, WriterLease
+
+    return WriterLease(
+        store.db,
+        owner=f"enrollment-pipeline {description} ({_who()})",
+        description=description,
+        policy=LeasePolicy.from_settings(MongoSettings()),
+    )
 
 
 @click.group("dead-letters")
@@ -183,7 +256,8 @@ def dead_letters_redrive(letter_ids, reason, leads, force) -> None:
             store,
             ids,
             publish_leads=lambda messages: kafka.produce_batch(settings.lead_topic, messages),
-            max_record_bytes=IngestSettings().ingest_max_record_bytes,
+            lease=_cli_lease(store, "dead-letters redrive"),
+            limits=InputLimits.from_settings(IngestSettings()),
         )
     click.echo(f"re-driven: {len(result.redriven)}; still rejected: {len(result.still_rejected)}")
     for letter_id, why in result.still_rejected.items():
@@ -207,7 +281,7 @@ def _redrive_leads(kafka, store, letter_ids: list[str] | None) -> None:
         found = deliveries.of_ids(i.removeprefix("crm:") for i in letter_ids)
         applications = {d["application_id"] for d in found.values()}
     policy = LeadDeliveryPolicy.from_settings(
-        LeadDeliverySettings(), max_record_bytes=IngestSettings().ingest_max_record_bytes
+        LeadDeliverySettings(), limits=InputLimits.from_settings(IngestSettings())
     )
     crm = CrmClient.from_settings(CrmSettings())
     try:

@@ -19,6 +19,7 @@ from enrollment_pipeline.defs.settings.resources import PipelineSettingsResource
 from enrollment_pipeline.domain.offset_ranges import PartitionRange, RangePlan, plan_ranges
 from enrollment_pipeline.lib.clients.mongo import MongoConnection
 from enrollment_pipeline.lib.dagster_runs import FAILED, IN_FLIGHT
+from enrollment_pipeline.lib.mongo.lease import live_holder
 from enrollment_pipeline.lib.mongo.store import EnrollmentStore
 
 RANGE_TAG = "enrollment/range"
@@ -84,13 +85,16 @@ def offset_range_sensor(
         dg.RunRequest | None,
     ]
     | None = None,
+    waits_for_writers: bool = False,
     minimum_interval_seconds: int = 15,
 ) -> dg.SensorDefinition:
     """A sensor that keeps `group` caught up on `topic` by launching `job` over exact ranges;
     the range goes to the op `op_name` as its `config_class` (an `OffsetRangeConfig`).
 
     `when_idle` may ask for a run when nothing is lagging (lead delivery retries its parked
-    leads that way).
+    leads that way). With `waits_for_writers`, a tick while another process holds the
+    writers' lease of the read model (a CLI backfill, say) requests nothing: the run would
+    only wait for it.
     """
 
     @dg.sensor(
@@ -110,7 +114,10 @@ def offset_range_sensor(
         ends = kafka.get_client().end_offsets(topic_name)
         db = mongo.get_client()
         with db.explained_errors():
+            holder = live_holder(db.db()) if waits_for_writers else None
             committed = EnrollmentStore.of(db).committed_offsets(group, topic_name)
+        if holder is not None and not busy_partitions(context.instance, job.name, topic_name):
+            return dg.SkipReason(f"the read model is being written by {holder}; waiting for it")
         plan = plan_ranges(
             topic_name,
             committed=committed,

@@ -2,6 +2,10 @@
 
 Pure: bytes in, a validated frozen event or a `Rejection` out. Nothing here reads a clock,
 a socket or a database, so Kafka records and archive lines go through exactly the same checks.
+
+Parsing never raises, whatever the bytes: an event it returns can be hashed, stored (every
+string is valid Unicode and bounded in length, every instant converts to UTC within
+`TimeBounds`) and sorted, so no later step of a batch can fail on one record.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import re
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from enum import StrEnum
+from functools import cached_property
 from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import (
@@ -31,6 +36,38 @@ SUPPORTED_SCHEMA_VERSION = 1
 DEFAULT_MAX_BYTES = 1_000_000
 _MAX_DETAIL = 500
 
+# Lengths (in characters) that no real id or text reaches: they keep every document, query
+# and dead-letter detail far from MongoDB's 16 MB limit (schemas/ says the same).
+ID_MAX = 256
+NAME_MAX = 200
+EMAIL_MAX = 254
+PHONE_MAX = 40
+TEXT_MAX = 2_000
+
+
+@dataclass(frozen=True)
+class TimeBounds:
+    """The instants an event may carry, in UTC (EVENT_TIME_MIN, EVENT_TIME_MAX): fixed dates,
+    not relative to any clock, so a replay decides exactly as the first pass did. Outside
+    them (or beyond what a datetime holds) is a `schema_violation`."""
+
+    earliest: datetime = datetime(1900, 1, 1, tzinfo=UTC)
+    latest: datetime = datetime(2200, 1, 1, tzinfo=UTC)
+
+    def check(self, value: datetime) -> datetime:
+        try:
+            instant = value.astimezone(UTC)
+        except (OverflowError, ValueError):
+            raise ValueError("is outside what a date-time can hold in UTC") from None
+        if not self.earliest <= instant < self.latest:
+            raise ValueError(
+                f"must be from {iso_z(self.earliest)} up to (not including) {iso_z(self.latest)}"
+            )
+        return value
+
+
+DEFAULT_TIME_BOUNDS = TimeBounds()
+
 
 class RejectReason(StrEnum):
     """Fixed dead-letter reason codes; operators filter and re-drive by them."""
@@ -46,6 +83,9 @@ class RejectReason(StrEnum):
     CONFLICTING_DUPLICATE = "conflicting_duplicate"
     ARCHIVE_UNREADABLE = "archive_unreadable"
     CRM_REJECTED = "crm_rejected"
+    # Parsed, but could not be processed (hashed, stored, sorted): the exception's class and
+    # a detail free of field values.
+    UNPROCESSABLE = "unprocessable"
 
 
 class EventType(StrEnum):
@@ -88,8 +128,12 @@ def _parse_date(value: Any) -> Any:
     raise ValueError("must be a date string YYYY-MM-DD")
 
 
-def _parse_aware_datetime(value: Any) -> Any:
-    """Accept an aware datetime or an ISO-8601 string with offset or Z; naive is ambiguous."""
+def _parse_aware_datetime(value: Any, info: ValidationInfo) -> Any:
+    """Accept an aware datetime or an ISO-8601 string with offset or Z; naive is ambiguous.
+
+    When the validation context carries `TimeBounds` (every parse of input does), the
+    instant must fall inside them; stored events, read back without a context, were checked
+    when they came in."""
     if isinstance(value, str):
         if not _DATETIME_RE.match(value):
             raise ValueError("must be an ISO-8601 date-time with an offset or Z")
@@ -101,6 +145,9 @@ def _parse_aware_datetime(value: Any) -> Any:
         raise ValueError("must be an ISO-8601 date-time string")
     if value.tzinfo is None or value.utcoffset() is None:
         raise ValueError("must carry a timezone offset or Z")
+    bounds = (info.context or {}).get("time_bounds") if info.context else None
+    if isinstance(bounds, TimeBounds):
+        bounds.check(value)
     return value
 
 
@@ -126,8 +173,12 @@ AwareDateTime = Annotated[
     BeforeValidator(_parse_aware_datetime),
     PlainSerializer(iso_z, when_used="json"),
 ]
-NonEmptyStr = Annotated[str, Field(min_length=1)]
-Email = Annotated[str, Field(pattern=EMAIL_PATTERN)]
+NonEmptyStr = Annotated[str, Field(min_length=1, max_length=TEXT_MAX)]
+Id = Annotated[str, Field(min_length=1, max_length=ID_MAX)]
+Name = Annotated[str, Field(min_length=1, max_length=NAME_MAX)]
+Phone = Annotated[str, Field(min_length=1, max_length=PHONE_MAX)]
+Text = Annotated[str, Field(max_length=TEXT_MAX)]
+Email = Annotated[str, Field(pattern=EMAIL_PATTERN, max_length=EMAIL_MAX)]
 UsState = Annotated[str, Field(pattern=STATE_PATTERN)]
 Product = Literal["MEDICAL", "DENTAL", "VISION", "LIFE"]
 Channel = Literal["BROKER", "DIRECT", "ONLINE"]
@@ -143,23 +194,23 @@ class _Strict(BaseModel):
 
 
 class Applicant(_Strict):
-    first_name: NonEmptyStr
-    last_name: NonEmptyStr
+    first_name: Name
+    last_name: Name
     email: Email
-    phone: NonEmptyStr | None = None
+    phone: Phone | None = None
     state: UsState
     date_of_birth: IsoDate | None = None
 
 
 class Plan(_Strict):
-    plan_id: NonEmptyStr
+    plan_id: Id
     product: Product
     coverage_start: IsoDate
 
 
 class Broker(_Strict):
-    broker_id: NonEmptyStr
-    name: NonEmptyStr
+    broker_id: Id
+    name: Name
     email: Email
 
 
@@ -196,16 +247,16 @@ class _Partial(_Strict):
 class ApplicantChanges(_Partial):
     _NULLABLE: ClassVar[frozenset[str]] = frozenset({"phone", "date_of_birth"})
 
-    first_name: NonEmptyStr | None = None
-    last_name: NonEmptyStr | None = None
+    first_name: Name | None = None
+    last_name: Name | None = None
     email: Email | None = None
-    phone: NonEmptyStr | None = None
+    phone: Phone | None = None
     state: UsState | None = None
     date_of_birth: IsoDate | None = None
 
 
 class PlanChanges(_Partial):
-    plan_id: NonEmptyStr | None = None
+    plan_id: Id | None = None
     product: Product | None = None
     coverage_start: IsoDate | None = None
 
@@ -236,7 +287,7 @@ class BrokerAssignedPayload(_Strict):
 
 
 class BrokerSignatureReceivedPayload(_Strict):
-    broker_id: NonEmptyStr
+    broker_id: Id
     signed_at: AwareDateTime
 
 
@@ -245,15 +296,15 @@ class ApplicationApprovedPayload(_Strict):
 
 
 class ApplicationDeclinedPayload(_Strict):
-    reason: str
+    reason: Text
 
 
 class ApplicationWithdrawnPayload(_Strict):
-    reason: str
+    reason: Text
 
 
 class EnrollmentCompletedPayload(_Strict):
-    policy_number: NonEmptyStr
+    policy_number: Id
     effective_date: IsoDate
 
 
@@ -290,12 +341,12 @@ def _schema_version(value: Any) -> Any:
 class EnrollmentEvent(_Strict):
     """One Contract-1 event; `payload` is the model that its `event_type` names."""
 
-    event_id: NonEmptyStr
+    event_id: Id
     # Lax only here, so the wire string becomes the enum member; unknown names still fail.
     event_type: Annotated[EventType, Field(strict=False)]
     schema_version: Annotated[int, BeforeValidator(_schema_version)]
     occurred_at: AwareDateTime
-    application_id: NonEmptyStr
+    application_id: Id
     payload: Payload
 
     @field_validator("payload", mode="wrap")
@@ -309,7 +360,7 @@ class EnrollmentEvent(_Strict):
         model = PAYLOAD_MODELS[event_type]
         if isinstance(value, model):
             return value
-        return model.model_validate(value)
+        return model.model_validate(value, context=info.context)
 
     @property
     def type_rank(self) -> int:
@@ -324,16 +375,21 @@ class EnrollmentEvent(_Strict):
         """Canonical JSON-able content; instants in UTC with Z, dates as YYYY-MM-DD."""
         return self.model_dump(mode="json")
 
-    def content_hash(self) -> str:
-        """sha256 of the canonical content: same event_id + other hash = conflicting duplicate."""
+    @cached_property
+    def _content_hash(self) -> str:
         canonical = json.dumps(
             self.to_document(), sort_keys=True, separators=(",", ":"), ensure_ascii=False
         )
         return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
+    def content_hash(self) -> str:
+        """sha256 of the canonical content: same event_id + other hash = conflicting duplicate."""
+        return self._content_hash
+
     @classmethod
     def from_document(cls, doc: dict[str, Any]) -> EnrollmentEvent:
-        """Inverse of `to_document` (extra keys such as a stored `_id` must be removed first)."""
+        """Inverse of `to_document` (extra keys such as a stored `_id` must be removed first).
+        Stored events were checked against the bounds of their day: not again here."""
         return cls.model_validate(doc)
 
 
@@ -375,7 +431,28 @@ def describe_validation_error(error: ValidationError) -> str:
     return _short("; ".join(parts))
 
 
-def _parse_value(value: bytes | None, max_bytes: int) -> EnrollmentEvent | Rejection:
+def _lone_surrogate(data: Any) -> bool:
+    """True when a string anywhere in `data` holds a lone surrogate (JSON's `\\ud800`): it
+    is no Unicode text, so it can be neither hashed as UTF-8 nor stored."""
+    stack = [data]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                return True
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return False
+
+
+def _parse_value(
+    value: bytes | None, max_bytes: int, bounds: TimeBounds
+) -> EnrollmentEvent | Rejection:
     if value is None:
         return Rejection(RejectReason.SCHEMA_VIOLATION, "empty record")
     if len(value) > max_bytes:
@@ -398,6 +475,8 @@ def _parse_value(value: bytes | None, max_bytes: int) -> EnrollmentEvent | Rejec
         return Rejection(
             RejectReason.SCHEMA_VIOLATION, f"expected a JSON object, got {type(data).__name__}"
         )
+    if _lone_surrogate(data):
+        return Rejection(RejectReason.INVALID_JSON, "a string holds a lone UTF-16 surrogate")
     event_type = data.get("event_type")
     if "event_type" not in data:
         return Rejection(RejectReason.SCHEMA_VIOLATION, "event_type: Field required")
@@ -415,16 +494,38 @@ def _parse_value(value: bytes | None, max_bytes: int) -> EnrollmentEvent | Rejec
             f"schema_version {_short(shown, 40)} (supported: {SUPPORTED_SCHEMA_VERSION})",
         )
     try:
-        return EnrollmentEvent.model_validate(data)
+        event = EnrollmentEvent.model_validate(data, context={"time_bounds": bounds})
     except ValidationError as exc:
         return Rejection(RejectReason.SCHEMA_VIOLATION, describe_validation_error(exc))
+    event.content_hash()  # computed once, here, where a failure is this record's alone
+    event.sort_key()
+    return event
+
+
+def _unprocessable(exc: BaseException) -> Rejection:
+    # The class only: an exception's text may quote the input (PII).
+    return Rejection(RejectReason.UNPROCESSABLE, f"{type(exc).__name__} while parsing")
 
 
 def parse_record(
-    key: bytes | None, value: bytes | None, *, max_bytes: int = DEFAULT_MAX_BYTES
+    key: bytes | None,
+    value: bytes | None,
+    *,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+    time_bounds: TimeBounds = DEFAULT_TIME_BOUNDS,
 ) -> EnrollmentEvent | Rejection:
-    """Validate one Kafka record; the key must be the event's application_id (partitioning)."""
-    parsed = _parse_value(value, max_bytes)
+    """Validate one Kafka record; the key must be the event's application_id (partitioning).
+    Never raises."""
+    try:
+        return _parse_record(key, value, max_bytes, time_bounds)
+    except Exception as exc:  # whatever a record triggers, it is that record's dead letter
+        return _unprocessable(exc)
+
+
+def _parse_record(
+    key: bytes | None, value: bytes | None, max_bytes: int, time_bounds: TimeBounds
+) -> EnrollmentEvent | Rejection:
+    parsed = _parse_value(value, max_bytes, time_bounds)
     if isinstance(parsed, Rejection):
         return parsed
     if key is None:
@@ -439,7 +540,14 @@ def parse_record(
 
 
 def parse_archive_line(
-    raw: bytes, *, max_bytes: int = DEFAULT_MAX_BYTES
+    raw: bytes,
+    *,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+    time_bounds: TimeBounds = DEFAULT_TIME_BOUNDS,
 ) -> EnrollmentEvent | Rejection:
-    """Validate one archive line: the same checks as Kafka, minus the key (lines have none)."""
-    return _parse_value(raw, max_bytes)
+    """Validate one archive line: the same checks as Kafka, minus the key (lines have none).
+    Never raises."""
+    try:
+        return _parse_value(raw, max_bytes, time_bounds)
+    except Exception as exc:
+        return _unprocessable(exc)

@@ -8,18 +8,25 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterable
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from enrollment_pipeline.domain.events import (
+    DEFAULT_MAX_BYTES,
+    DEFAULT_TIME_BOUNDS,
+    EMAIL_MAX,
+    NAME_MAX,
+    PHONE_MAX,
     Applicant,
     AwareDateTime,
     EnrollmentEvent,
     EventType,
+    Id,
     Product,
     Rejection,
     RejectReason,
+    TimeBounds,
     describe_validation_error,
 )
 from enrollment_pipeline.domain.projection import (
@@ -41,11 +48,11 @@ class _Closed(BaseModel):
 
 
 class LeadContact(_Closed):
-    first_name: str
-    last_name: str
-    email: str
-    phone: str | None
-    state: str
+    first_name: Annotated[str, Field(max_length=NAME_MAX)]
+    last_name: Annotated[str, Field(max_length=NAME_MAX)]
+    email: Annotated[str, Field(max_length=EMAIL_MAX)]
+    phone: Annotated[str, Field(max_length=PHONE_MAX)] | None
+    state: Annotated[str, Field(max_length=NAME_MAX)]
 
     @classmethod
     def of(cls, applicant: Applicant) -> LeadContact:
@@ -54,9 +61,9 @@ class LeadContact(_Closed):
 
 
 class LeadEvent(_Closed):
-    lead_event_id: str
-    source_event_id: str
-    application_id: str
+    lead_event_id: Id
+    source_event_id: Id
+    application_id: Id
     lead_status: LeadStatus
     occurred_at: AwareDateTime
     contact: LeadContact
@@ -73,18 +80,33 @@ class LeadEvent(_Closed):
 
 
 def parse_lead_record(
-    key: bytes | None, value: bytes | None, *, max_bytes: int = 1_000_000
+    key: bytes | None,
+    value: bytes | None,
+    *,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+    time_bounds: TimeBounds = DEFAULT_TIME_BOUNDS,
 ) -> LeadEvent | Rejection:
     """Validate one record of the lead topic (Contract 4); the key must be its application.
 
-    The detail of a rejection names fields, never values: a lead carries contact data.
+    The detail of a rejection names fields, never values: a lead carries contact data. Never
+    raises: a lead it returns can be stored and posted as JSON.
     """
+    try:
+        return _parse_lead_record(key, value, max_bytes, time_bounds)
+    except Exception as exc:  # whatever a record triggers, it is that record's dead letter
+        return Rejection(RejectReason.UNPROCESSABLE, f"{type(exc).__name__} while parsing")
+
+
+def _parse_lead_record(
+    key: bytes | None, value: bytes | None, max_bytes: int, time_bounds: TimeBounds
+) -> LeadEvent | Rejection:
     if value is None:
         return Rejection(RejectReason.SCHEMA_VIOLATION, "empty record")
     if len(value) > max_bytes:
         return Rejection(RejectReason.OVERSIZED, f"{len(value)} bytes exceeds {max_bytes}")
     try:
-        lead = LeadEvent.model_validate_json(value)
+        lead = LeadEvent.model_validate_json(value, context={"time_bounds": time_bounds})
+        lead.model_dump_json()  # every value can be sent again (valid Unicode, UTC instant)
     except ValidationError as exc:
         kinds = {e["type"] for e in exc.errors(include_url=False, include_input=False)}
         reason = RejectReason.INVALID_JSON if "json_invalid" in kinds else None

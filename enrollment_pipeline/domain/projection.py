@@ -35,6 +35,9 @@ from enrollment_pipeline.domain.events import (
 # The version of the `fold` sub-document; a document with another one is refolded in full.
 FOLD_STATE_VERSION = 1
 SortKey = tuple[datetime, int, str]
+# An application keeps its first anomalies (in fold order) and counts all of them: a producer
+# replaying a bad event id by id must not grow a document towards MongoDB's 16 MB limit.
+MAX_ANOMALIES_KEPT = 100
 
 
 class Status(StrEnum):
@@ -121,7 +124,8 @@ class Application:
     submitted_at: datetime | None = None
     updated_at: datetime | None = None
     event_count: int = 0
-    anomalies: tuple[Anomaly, ...] = ()
+    anomalies: tuple[Anomaly, ...] = ()  # the first MAX_ANOMALIES_KEPT
+    anomaly_count: int = 0  # all of them
     decline_reason: str | None = None
     withdraw_reason: str | None = None
     policy_number: str | None = None
@@ -170,6 +174,7 @@ class Application:
             "updated_at": _utc_or_none(self.updated_at),
             "event_count": self.event_count,
             "anomalies": [a.to_document() for a in self.anomalies],
+            "anomaly_count": self.anomaly_count,
             "decline_reason": self.decline_reason,
             "withdraw_reason": self.withdraw_reason,
             "policy_number": self.policy_number,
@@ -193,11 +198,21 @@ class Application:
 
     @classmethod
     def from_document(cls, doc: dict[str, Any]) -> Application | None:
-        """The fold's state saved in an `applications` document; None when it has none."""
+        """The fold's state saved in an `applications` document; None when it has none, or
+        one this version cannot read (written by another version, or edited by hand): the
+        caller then refolds the application from the event store."""
+        try:
+            return cls._from_document(doc)
+        except (KeyError, TypeError, ValueError, AttributeError, IndexError):
+            return None
+
+    @classmethod
+    def _from_document(cls, doc: dict[str, Any]) -> Application | None:
         fold = doc.get("fold")
         if not isinstance(fold, dict) or fold.get("version") != FOLD_STATE_VERSION:
             return None
         last = fold["last_event"]
+        anomalies = doc["anomalies"]
         return cls(
             application_id=doc["_id"],
             status=Status(doc["status"]) if doc["status"] else None,
@@ -218,8 +233,10 @@ class Application:
                     datetime.fromisoformat(a["occurred_at"]),
                     AnomalyReason(a["reason"]),
                 )
-                for a in doc["anomalies"]
+                for a in anomalies[:MAX_ANOMALIES_KEPT]
             ),
+            # Documents of earlier versions kept every anomaly and no count.
+            anomaly_count=doc.get("anomaly_count", len(anomalies)),
             decline_reason=doc["decline_reason"],
             withdraw_reason=doc["withdraw_reason"],
             policy_number=doc["policy_number"],
@@ -369,7 +386,12 @@ def fold_history(
             after = _apply(state, event)
         else:
             anomaly = Anomaly(event.event_id, event.event_type, event.occurred_at, reason)
-            after = dataclasses.replace(state, anomalies=(*state.anomalies, anomaly))
+            kept = state.anomalies
+            if len(kept) < MAX_ANOMALIES_KEPT:
+                kept = (*kept, anomaly)
+            after = dataclasses.replace(
+                state, anomalies=kept, anomaly_count=state.anomaly_count + 1
+            )
         after = dataclasses.replace(after, last_event_key=event.sort_key())
         steps.append(FoldStep(event=event, before=state, after=after, anomaly=anomaly))
         state = after

@@ -10,6 +10,7 @@ size of a day's file.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
@@ -20,18 +21,19 @@ from enrollment_pipeline.domain.events import (
     EnrollmentEvent,
     Rejection,
     RejectReason,
-    parse_archive_line,
 )
 from enrollment_pipeline.domain.projection import fold_history
-from enrollment_pipeline.lib.clients.archive import Archive, ArchiveTailError
+from enrollment_pipeline.lib.clients.archive import Archive, ArchiveLine, ArchiveTailError
 from enrollment_pipeline.lib.ingestion.batch import (
     BatchReport,
     PublishLeads,
     apply_parsed,
     plan_writes,
 )
+from enrollment_pipeline.lib.ingestion.limits import DEFAULT_LIMITS, InputLimits
 from enrollment_pipeline.lib.mongo.collections import APPLICATIONS, ENROLLMENT_EVENTS
 from enrollment_pipeline.lib.mongo.dead_letters import DeadLetter
+from enrollment_pipeline.lib.mongo.lease import WriterLease, holding
 from enrollment_pipeline.lib.mongo.store import EnrollmentStore
 from enrollment_pipeline.lib.sources import Source, archive_source
 
@@ -76,11 +78,33 @@ def backfill_days(
     store: EnrollmentStore,
     days: Iterable[date],
     *,
+    lease: WriterLease | None,
     publish_leads: PublishLeads | None = None,
     chunk_lines: int = 5_000,
-    max_record_bytes: int = 1_000_000,
+    limits: InputLimits = DEFAULT_LIMITS,
 ) -> BackfillReport:
-    """Apply every line of the days' files; bad lines and corrupt tails are dead-lettered."""
+    """Apply every line of the days' files; bad lines and corrupt tails are dead-lettered.
+    The writers' `lease` is held for the whole run."""
+    with holding(lease):
+        return _backfill_days(
+            archive,
+            store.guarded(lease),
+            days,
+            publish_leads=publish_leads,
+            chunk_lines=chunk_lines,
+            limits=limits,
+        )
+
+
+def _backfill_days(
+    archive: Archive,
+    store: EnrollmentStore,
+    days: Iterable[date],
+    *,
+    publish_leads: PublishLeads | None,
+    chunk_lines: int,
+    limits: InputLimits,
+) -> BackfillReport:
     started = time.monotonic()
     report = BackfillReport()
     chunk: list[tuple[Source, EnrollmentEvent | Rejection]] = []
@@ -95,20 +119,39 @@ def backfill_days(
         for name in archive.files_for_day(day):
             report.files += 1
             try:
-                for line in archive.lines(name):
+                for line in archive.lines(name, max_line_bytes=limits.max_record_bytes):
                     source = archive_source(name, line.line, line.raw)
-                    chunk.append((source, parse_archive_line(line.raw, max_bytes=max_record_bytes)))
+                    if line.oversized:  # read only in part: its letter keeps size and hash
+                        _dead_letter_oversized(store, source, line)
+                        report.lines_read += 1
+                        report.dead_lettered += 1
+                        _count(report.dead_letter_reasons, str(RejectReason.OVERSIZED))
+                        continue
+                    chunk.append((source, limits.archive_line(line.raw)))
                     if len(chunk) >= chunk_lines:
                         flush()
             except ArchiveTailError as exc:
                 flush()
                 _dead_letter_tail(store, exc)
                 report.dead_lettered += 1
-                reason = str(RejectReason.ARCHIVE_UNREADABLE)
-                report.dead_letter_reasons[reason] = report.dead_letter_reasons.get(reason, 0) + 1
+                _count(report.dead_letter_reasons, str(RejectReason.ARCHIVE_UNREADABLE))
             flush()
     report.seconds = time.monotonic() - started
     return report
+
+
+def _count(counts: dict[str, int], reason: str) -> None:
+    counts[reason] = counts.get(reason, 0) + 1
+
+
+def _dead_letter_oversized(store: EnrollmentStore, source: Source, line: ArchiveLine) -> None:
+    letter = source.letter(
+        RejectReason.OVERSIZED, f"{line.size} bytes exceeds the limit of {len(line.raw)}"
+    )
+    store.dead_letter(
+        [dataclasses.replace(letter, raw_size=line.size, raw_sha256=line.sha256)],
+        now=datetime.now(UTC),
+    )
 
 
 def _dead_letter_tail(store: EnrollmentStore, exc: ArchiveTailError) -> None:
@@ -135,8 +178,18 @@ class RebuildReport:
 
 
 def rebuild_read_model(
-    store: EnrollmentStore, *, events_per_pass: int = 50_000, page_size: int = 500
+    store: EnrollmentStore,
+    *,
+    lease: WriterLease | None,
+    events_per_pass: int = 50_000,
+    page_size: int = 500,
 ) -> RebuildReport:
+    """Refold every application from the event store, under the writers' `lease`."""
+    with holding(lease):
+        return _rebuild(store.guarded(lease), events_per_pass=events_per_pass, page_size=page_size)
+
+
+def _rebuild(store: EnrollmentStore, *, events_per_pass: int, page_size: int) -> RebuildReport:
     """Refold every application of the event store and write what differs (the fold-owned
     follow-up fields only).
 
@@ -178,6 +231,7 @@ def rebuild_read_model(
         if doc["_id"] not in counts
     ]
     for chunk in _pages(orphans, 1_000):
+        store.writer.guard()
         store.db[APPLICATIONS].delete_many({"_id": {"$in": chunk}})
     report.documents_changed += len(orphans)
     report.seconds = time.monotonic() - started

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from enrollment_pipeline.domain.events import Rejection, parse_archive_line, parse_record
+from enrollment_pipeline.domain.events import Rejection
 from enrollment_pipeline.lib.clients.kafka import KafkaClient
 from enrollment_pipeline.lib.consumer_groups import ENROLLMENT_GROUPS, LEAD_INTEGRATION_GROUP
 from enrollment_pipeline.lib.ingestion.batch import BatchReport, PublishLeads, apply_parsed
+from enrollment_pipeline.lib.ingestion.limits import DEFAULT_LIMITS, InputLimits
 from enrollment_pipeline.lib.mongo.collections import Document
-from enrollment_pipeline.lib.mongo.dead_letters import key_bytes, raw_bytes
+from enrollment_pipeline.lib.mongo.dead_letters import key_bytes, raw_bytes, truncated
+from enrollment_pipeline.lib.mongo.lease import WriterLease, holding
 from enrollment_pipeline.lib.mongo.store import EnrollmentStore
 from enrollment_pipeline.lib.sources import Source
 
@@ -55,34 +57,105 @@ def offset_rows(
     return rows
 
 
-def reset_targets(
+class ResetRefusedError(ValueError):
+    """An offsets reset that would lose records, or names what does not exist (one line)."""
+
+
+@dataclass(frozen=True)
+class OffsetMove:
+    """One partition of a reset: where its groups are (Mongo, authoritative) and where they
+    will be."""
+
+    partition: int
+    before: int | None
+    after: int
+    log_start: int
+    end: int
+
+    @property
+    def skipped(self) -> int:
+        """Records the move would jump over without reading them (forward past committed)."""
+        return max(0, self.after - (self.before or 0))
+
+    @property
+    def replayed(self) -> int:
+        return max(0, (self.before or 0) - self.after)
+
+
+def plan_reset(
     kafka: KafkaClient,
+    store: EnrollmentStore,
     topic: str,
     *,
+    group: str,
     to_offset: int | None = None,
+    per_partition: Mapping[int, int] | None = None,
     to_time: datetime | None = None,
-    partitions: list[int] | None = None,
-) -> dict[int, int]:
-    """Where each partition restarts: an offset (clamped to the log) or the first at a time."""
-    chosen = partitions or kafka.partitions(topic)
+    partitions: Sequence[int] | None = None,
+    allow_skip: bool = False,
+) -> list[OffsetMove]:
+    """Where each chosen partition restarts: one offset for all (`to_offset`), one per
+    partition (`per_partition`), or the first record at or after `to_time`; clamped to the
+    retained log. A move forward past the committed offset skips records unread: refused
+    unless `allow_skip`."""
+    known = set(kafka.partitions(topic))
+    chosen = set(partitions or ()) | set(per_partition or {})
+    unknown = sorted(chosen - known)
+    if unknown:
+        raise ResetRefusedError(
+            f"{topic} has no partition {', '.join(map(str, unknown))} "
+            f"(it has {', '.join(map(str, sorted(known)))})"
+        )
+    if not chosen:
+        chosen = known
+    committed = store.committed_offsets(group, topic)
     ends = kafka.end_offsets(topic)
+    starts = kafka.beginning_offsets(topic)
     if to_time is not None:
-        return kafka.offsets_at(topic, int(to_time.timestamp() * 1000), chosen)
-    if to_offset is None:
-        raise ValueError("give an offset or a time")
-    return {p: max(0, min(to_offset, ends[p])) for p in chosen}
+        wanted = kafka.offsets_at(topic, int(to_time.timestamp() * 1000), sorted(chosen))
+    else:
+        wanted = {}
+        for p in chosen:
+            target = (per_partition or {}).get(p, to_offset)
+            if target is None:
+                raise ResetRefusedError(f"no offset given for partition {p}")
+            wanted[p] = target
+    moves = [
+        OffsetMove(
+            partition=p,
+            before=committed.get(p),
+            after=max(starts[p], min(wanted[p], ends[p])),
+            log_start=starts[p],
+            end=ends[p],
+        )
+        for p in sorted(chosen)
+    ]
+    skips = [m for m in moves if m.skipped]
+    if skips and not allow_skip:
+        shown = ", ".join(f"{m.partition}: {m.before or 0} -> {m.after}" for m in skips)
+        raise ResetRefusedError(
+            f"this would skip unread records ({shown}); pass --allow-skip to move forward "
+            "past the committed offsets on purpose"
+        )
+    return moves
 
 
 def reset_offsets(
     kafka: KafkaClient,
     store: EnrollmentStore,
     topic: str,
-    targets: dict[int, int],
+    moves: Sequence[OffsetMove],
     *,
     groups: Sequence[str] = ENROLLMENT_GROUPS,
+    lease: WriterLease | None,
 ) -> None:
-    """Move `groups` to `targets` in Mongo and in Kafka (the next run replays from there)."""
-    store.commit_offsets(groups, topic, targets, now=datetime.now(UTC), run_id=None)
+    """Move `groups` in Mongo (under the writers' `lease`) and in Kafka; the next run replays
+    from there."""
+    targets = {m.partition: m.after for m in moves}
+    with holding(lease):
+        store.guarded(lease).commit_offsets(
+            groups, topic, targets, now=datetime.now(UTC), run_id=None
+        )
     for group in groups:
         kafka.commit_group_offsets(group, topic, targets)
 
@@ -110,21 +183,41 @@ def redrive(
     letter_ids: list[str],
     *,
     publish_leads: PublishLeads | None,
-    max_record_bytes: int = 1_000_000,
+    lease: WriterLease | None,
+    limits: InputLimits = DEFAULT_LIMITS,
 ) -> RedriveResult:
     """Parse the kept raw input again (after a fix) and apply what is now valid.
 
     Applied letters become `REDRIVEN`; the rest stay open with today's reason. Redriving the
-    same letter twice is harmless: the event store ignores an event it already has.
+    same letter twice is harmless: the event store ignores an event it already has. A letter
+    whose input was kept cut (bigger than DEAD_LETTER_MAX_RAW_BYTES) is refused, with why.
+    It writes the read model, so it holds the writers' `lease`.
     """
+    with holding(lease):
+        return _redrive(
+            store.guarded(lease), letter_ids, publish_leads=publish_leads, limits=limits
+        )
+
+
+def _redrive(
+    store: EnrollmentStore,
+    letter_ids: list[str],
+    *,
+    publish_leads: PublishLeads | None,
+    limits: InputLimits,
+) -> RedriveResult:
     letters = store.dead_letters.of_ids(letter_ids)
     parsed, rejected = [], {}
     for letter in letters:
+        cut = truncated(letter)
+        if cut is not None:
+            rejected[letter["_id"]] = f"not re-driven: {cut}"
+            continue
         raw, key = raw_bytes(letter), key_bytes(letter)
         if letter["_id"].startswith("kafka:"):
-            outcome = parse_record(key, raw, max_bytes=max_record_bytes)
+            outcome = limits.record(key, raw)
         else:
-            outcome = parse_archive_line(raw or b"")
+            outcome = limits.archive_line(raw or b"")
         if isinstance(outcome, Rejection):
             rejected[letter["_id"]] = f"{outcome.reason}: {outcome.detail}"
             continue

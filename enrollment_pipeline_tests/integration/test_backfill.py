@@ -61,7 +61,7 @@ def test_backfilling_30_days_twice_leaves_the_read_model_as_one_pass(
     covered = days(FIRST_DAY - timedelta(days=2), 30)  # two days before any file: empty
     archive = Archive(root=str(tmp_path))
 
-    first = backfill_days(archive, pipeline.store, covered, chunk_lines=100)
+    first = backfill_days(archive, pipeline.store, covered, lease=pipeline.lease(), chunk_lines=100)
     assert first.days == 30 and first.files == len(
         [d for d in written if d <= covered[-1].isoformat()]
     )
@@ -70,7 +70,7 @@ def test_backfilling_30_days_twice_leaves_the_read_model_as_one_pass(
     assert_read_model_is_the_fold(pipeline, archived_records(tmp_path, covered), in_order=False)
     assert pipeline.leads() == []  # a backfill publishes no lead unless asked
 
-    second = backfill_days(archive, pipeline.store, covered, chunk_lines=70)
+    second = backfill_days(archive, pipeline.store, covered, lease=pipeline.lease(), chunk_lines=70)
     assert (second.events_new, second.duplicates) == (0, first.events_new + first.duplicates)
     assert read_model(pipeline) == once
 
@@ -88,10 +88,10 @@ def test_days_that_also_came_through_kafka_fold_as_one_union(
     archive = Archive(root=str(tmp_path))
 
     if archive_first:
-        backfill_days(archive, pipeline.store, covered[: len(covered) // 2])
+        backfill_days(archive, pipeline.store, covered[: len(covered) // 2], lease=pipeline.lease())
     pipeline.produce(live)
     pipeline.ingest()
-    backfill_days(archive, pipeline.store, covered)
+    backfill_days(archive, pipeline.store, covered, lease=pipeline.lease())
 
     union = [(r.key, r.value) for r in records]
     assert_read_model_is_the_fold(pipeline, union, in_order=False)
@@ -106,7 +106,9 @@ def test_a_corrupt_gzip_tail_and_bad_lines_are_dead_lettered_and_the_day_succeed
     (tmp_path / f"{day}.jsonl.gz").write_bytes(gzip.compress(body)[:-40])  # tail cut
     (tmp_path / f"{day}.jsonl").write_bytes(b'{"not": "an event"}\n' + good[30] + b"\nnope\n")
 
-    report = backfill_days(Archive(root=str(tmp_path)), pipeline.store, [FIRST_DAY])
+    report = backfill_days(
+        Archive(root=str(tmp_path)), pipeline.store, [FIRST_DAY], lease=pipeline.lease()
+    )
 
     letters = pipeline.dead_letters()
     assert f"archive:{day}.jsonl:1" in letters and f"archive:{day}.jsonl:3" in letters
@@ -183,13 +185,15 @@ def test_rebuild_after_losing_applications_keeps_the_email_history(
 
     pipeline.mongo.db()[APPLICATIONS].delete_many({})
     # Small passes and pages: the store is read in several streamed passes, as a big one is.
-    report = rebuild_read_model(pipeline.store, events_per_pass=40, page_size=7)
+    report = rebuild_read_model(
+        pipeline.store, lease=pipeline.lease(), events_per_pass=40, page_size=7
+    )
 
     assert report.passes > 3
     assert report.events == pipeline.mongo.db()["enrollment_events"].count_documents({})
     assert report.documents_created == len(before_apps)
     assert read_model(pipeline) == (before_apps, before_followups)
-    again = rebuild_read_model(pipeline.store)
+    again = rebuild_read_model(pipeline.store, lease=pipeline.lease())
     assert (again.documents_created, again.documents_changed, again.followups_written) == (0, 0, 0)
     assert pipeline.mongo.db()[BROKER_FOLLOWUPS].count_documents({}) == len(before_followups)
 
@@ -202,12 +206,20 @@ def test_publish_leads_true_publishes_the_leads_of_the_archived_events(
     publish = lambda messages: pipeline.kafka.produce_batch(pipeline.lead_topic, messages)  # noqa: E731
 
     report = backfill_days(
-        Archive(root=str(tmp_path)), pipeline.store, covered, publish_leads=publish
+        Archive(root=str(tmp_path)),
+        pipeline.store,
+        covered,
+        lease=pipeline.lease(),
+        publish_leads=publish,
     )
 
     assert report.leads_published > 0
     assert_read_model_is_the_fold(pipeline, archived_records(tmp_path, covered), in_order=True)
     again = backfill_days(
-        Archive(root=str(tmp_path)), pipeline.store, covered, publish_leads=publish
+        Archive(root=str(tmp_path)),
+        pipeline.store,
+        covered,
+        lease=pipeline.lease(),
+        publish_leads=publish,
     )
     assert again.leads_published == 0  # a replay publishes no lead twice

@@ -18,6 +18,7 @@ from enrollment_pipeline.lib.clients.kafka import KafkaClient
 from enrollment_pipeline.lib.clients.mongo import MongoConfig, MongoConnection
 from enrollment_pipeline.lib.consumer_groups import ENROLLMENT_GROUPS
 from enrollment_pipeline.lib.ingestion.batch import CHECKPOINTS
+from enrollment_pipeline.lib.ingestion.limits import InputLimits
 from enrollment_pipeline.lib.mongo.collections import CONSUMER_OFFSETS
 from enrollment_pipeline.lib.offset_commits import StaleRangeError
 from enrollment_pipeline.lib.sample_data import synthetic_records
@@ -172,7 +173,7 @@ def test_bad_input_is_dead_lettered_and_the_batch_goes_on(pipeline: Pipeline):
     bad = [(key, value) for key, value, _ in BAD_INPUTS.values()]
     pipeline.produce(good[:1] + bad + good[1:])
 
-    result = pipeline.ingest(max_record_bytes=4000)
+    result = pipeline.ingest(limits=InputLimits(max_record_bytes=4000))
 
     assert pipeline.applications()["APP-5"]["status"] == "APPROVED"
     letters = pipeline.dead_letters()

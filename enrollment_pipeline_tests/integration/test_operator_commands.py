@@ -17,6 +17,7 @@ from enrollment_pipeline.lib.mongo.collections import APPLICATIONS, DEAD_LETTERS
 from enrollment_pipeline.lib.mongo.store import EnrollmentStore
 from enrollment_pipeline_tests import factories as f
 from enrollment_pipeline_tests.jobs import resolve
+from enrollment_pipeline_tests.pipeline import short_lease
 
 pytestmark = pytest.mark.integration
 
@@ -46,7 +47,9 @@ def ingest_all(kafka, mongo, topic, lead_topic):
         for p, end in sorted(kafka.end_offsets(topic).items())
         if end > committed.get(p, 0)
     )
-    return ingest_range(kafka, store, RangePlan(topic, ranges), lead_topic=lead_topic)
+    return ingest_range(
+        kafka, store, RangePlan(topic, ranges), lead_topic=lead_topic, lease=short_lease(mongo)
+    )
 
 
 def test_offsets_show_and_reset_for_a_replay(cli, kafka, mongo, topic, lead_topic):

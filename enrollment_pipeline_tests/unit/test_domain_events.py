@@ -321,6 +321,7 @@ def test_reject_reason_codes_are_fixed() -> None:
         "conflicting_duplicate",
         "archive_unreadable",
         "crm_rejected",
+        "unprocessable",
     ]
 
 

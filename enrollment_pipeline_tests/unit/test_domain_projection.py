@@ -214,8 +214,9 @@ def test_anomaly_is_recorded_and_changes_nothing(
         }
     ]
     assert doc["event_count"] == clean_doc["event_count"] + 1
+    assert doc["anomaly_count"] == clean_doc["anomaly_count"] + 1 == 1
     assert doc["fold"]["last_event"]["event_id"] == max(events, key=lambda e: e.sort_key()).event_id
-    for key in ("anomalies", "event_count", "fold"):  # `fold` remembers the last event seen
+    for key in ("anomalies", "anomaly_count", "event_count", "fold"):  # `fold`: the last event
         del doc[key], clean_doc[key]
     assert doc == clean_doc
 

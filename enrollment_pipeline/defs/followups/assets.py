@@ -65,6 +65,9 @@ def broker_followup_emails(
             as_of=as_of,
             policy=settings.followup_policy(),
             max_per_second=settings.email_max_per_second,
+            lease=settings.writer_lease(
+                db.db(), run_id=context.run.run_id, job="send_broker_followups"
+            ),
             ops_email=settings.ops_email,
             run_id=context.run.run_id,
         )

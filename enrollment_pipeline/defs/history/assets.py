@@ -74,13 +74,17 @@ def historic_enrollment_events_asset(partitions: dg.DailyPartitionsDefinition):
             else None
         )
         db = mongo.get_client()
+        limits = settings.input_limits()
         with db.explained_errors():
             report = backfill_days(
                 archive.get_client(),
-                EnrollmentStore.of(db),
+                EnrollmentStore.of(db, max_raw_bytes=limits.max_raw_bytes),
                 days,
+                lease=settings.writer_lease(
+                    db.db(), run_id=context.run.run_id, job=f"backfill {days[0]}..{days[-1]}"
+                ),
                 publish_leads=publish,
-                max_record_bytes=settings.ingest_max_record_bytes,
+                limits=limits,
             )
         context.log.info(
             f"{days[0]}..{days[-1]}: {report.files} files, {report.lines_read} lines, "

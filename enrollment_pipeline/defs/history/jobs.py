@@ -6,6 +6,7 @@ import dagster as dg
 from enrollment_pipeline.defs.datasets import APPLICATIONS, HISTORIC_EVENTS
 from enrollment_pipeline.defs.mongo.resources import MongoResource
 from enrollment_pipeline.defs.pools import READ_MODEL_POOL
+from enrollment_pipeline.defs.settings.resources import PipelineSettingsResource
 from enrollment_pipeline.lib.backfill import rebuild_read_model
 from enrollment_pipeline.lib.mongo.store import EnrollmentStore
 
@@ -21,11 +22,16 @@ backfill_enrollment_history = dg.define_asset_job(
 
 
 @dg.op(pool=READ_MODEL_POOL)
-def refold_every_application(context: dg.OpExecutionContext, mongo: MongoResource) -> None:
+def refold_every_application(
+    context: dg.OpExecutionContext, mongo: MongoResource, settings: PipelineSettingsResource
+) -> None:
     """Recompute `applications` and the fold-owned follow-up fields from the event store."""
     db = mongo.get_client()
     with db.explained_errors():
-        report = rebuild_read_model(EnrollmentStore.of(db))
+        report = rebuild_read_model(
+            EnrollmentStore.of(db),
+            lease=settings.writer_lease(db.db(), run_id=context.run.run_id, job="rebuild"),
+        )
     context.log_event(
         dg.AssetMaterialization(
             APPLICATIONS,

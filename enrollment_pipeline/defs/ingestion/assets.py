@@ -68,13 +68,17 @@ def ingest_offset_range(
         yield rate_result(BATCH_DEAD_LETTER_RATE_CHECK, 0, 0, settings.ingest_max_dead_letter_rate)
         return
     db = mongo.get_client()
+    limits = settings.input_limits()
     with db.explained_errors():  # a stalled server fails the run; the sensor retries
         result = ingest_range(
             kafka.get_client(),
-            EnrollmentStore.of(db),
+            EnrollmentStore.of(db, max_raw_bytes=limits.max_raw_bytes),
             plan,
             lead_topic=settings.lead_topic,
-            max_record_bytes=settings.ingest_max_record_bytes,
+            lease=settings.writer_lease(
+                db.db(), run_id=context.run.run_id, job="ingest_enrollment_events"
+            ),
+            limits=limits,
             run_id=context.run.run_id,
         )
     report: BatchReport = result.report

@@ -14,6 +14,7 @@ enrollment_events_sensor = offset_range_sensor(
     max_events=lambda settings: settings.ingest_max_events_per_run,
     max_attempts=lambda settings: settings.ingest_max_range_attempts,
     op_name="ingest_offset_range",
+    waits_for_writers=True,
     description="Launch a micro-batch over the enrollment-events offsets not yet applied.",
 )
 

@@ -71,7 +71,7 @@ def deliver_lead_range(
         try:
             report = deliver_range(
                 kafka.get_client(),
-                EnrollmentStore.of(db),
+                EnrollmentStore.of(db, max_raw_bytes=settings.dead_letter_max_raw_bytes),
                 LeadDeliveryStore(db.db(), db.writer()),
                 crm.get_client(),
                 plan,

@@ -12,9 +12,13 @@ from datetime import timedelta
 from typing import Any
 
 import dagster as dg
+from pymongo.database import Database
 
 from enrollment_pipeline.domain.followup_rules import FollowupPolicy, parse_quiet_hours
+from enrollment_pipeline.lib.ingestion.limits import InputLimits
 from enrollment_pipeline.lib.leads.delivery import LeadDeliveryPolicy
+from enrollment_pipeline.lib.mongo.collections import Document
+from enrollment_pipeline.lib.mongo.lease import LeasePolicy, WriterLease, default_owner
 from enrollment_pipeline.settings import PipelineSettings
 
 
@@ -31,6 +35,10 @@ class PipelineSettingsResource(dg.ConfigurableResource):
 
     ingest_max_events_per_run: int = _default("ingest_max_events_per_run")
     ingest_max_record_bytes: int = _default("ingest_max_record_bytes")
+    # ISO-8601 instants (Dagster config has no datetime type).
+    event_time_min: str = _default("event_time_min").isoformat()
+    event_time_max: str = _default("event_time_max").isoformat()
+    dead_letter_max_raw_bytes: int = _default("dead_letter_max_raw_bytes")
     ingest_max_range_attempts: int = _default("ingest_max_range_attempts")
     ingest_max_dead_letter_rate: float = _default("ingest_max_dead_letter_rate")
     ingest_max_consumer_lag: int = _default("ingest_max_consumer_lag")
@@ -42,6 +50,10 @@ class PipelineSettingsResource(dg.ConfigurableResource):
     lead_park_minutes: float = _default("lead_park_minutes")
     lead_max_parked: int = _default("lead_max_parked")
 
+    writer_lease_ttl_seconds: float = _default("writer_lease_ttl_seconds")
+    writer_lease_wait_seconds: float = _default("writer_lease_wait_seconds")
+    writer_lease_grace_seconds: float = _default("writer_lease_grace_seconds")
+
     followup_max_emails: int = _default("followup_max_emails")
     followup_interval_minutes: int = _default("followup_interval_minutes")
     followup_max_age_days: int = _default("followup_max_age_days")
@@ -51,7 +63,24 @@ class PipelineSettingsResource(dg.ConfigurableResource):
 
     @classmethod
     def from_settings(cls, settings: PipelineSettings) -> PipelineSettingsResource:
-        return cls(**{name: getattr(settings, name) for name in cls.model_fields})
+        values = {name: getattr(settings, name) for name in cls.model_fields}
+        values.update(
+            event_time_min=settings.event_time_min.isoformat(),
+            event_time_max=settings.event_time_max.isoformat(),
+        )
+        return cls(**values)
+
+    def input_limits(self) -> InputLimits:
+        return InputLimits.from_settings(self)
+
+    def writer_lease(self, db: Database[Document], *, run_id: str, job: str) -> WriterLease:
+        """The writers' lease a run of `job` takes (owner: the run, on this host)."""
+        return WriterLease(
+            db,
+            owner=f"run {run_id} ({default_owner()})",
+            description=job,
+            policy=LeasePolicy.from_settings(self),
+        )
 
     def lead_delivery_policy(self) -> LeadDeliveryPolicy:
         return LeadDeliveryPolicy.from_settings(self, max_record_bytes=self.ingest_max_record_bytes)

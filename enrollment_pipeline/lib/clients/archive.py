@@ -9,6 +9,7 @@ before it.
 from __future__ import annotations
 
 import gzip
+import hashlib
 import io
 import zlib
 from collections.abc import Iterator
@@ -29,7 +30,13 @@ SUFFIXES = (".jsonl", ".jsonl.gz")
 class ArchiveLine:
     file: str  # as shown in dead letters: the name under the root
     line: int  # 1-based
-    raw: bytes
+    raw: bytes  # the line; of a line longer than the limit, only its first bytes
+    size: int  # the line's length in bytes
+    sha256: str | None = None  # of the whole line, when it was longer than the limit
+
+    @property
+    def oversized(self) -> bool:
+        return self.size > len(self.raw)
 
 
 class ArchiveTailError(RuntimeError):
@@ -91,10 +98,12 @@ class Archive:
         body = self._s3().get_object(Bucket=bucket, Key=key)["Body"]
         return io.BufferedReader(_Readable(body), buffer_size=1 << 20)
 
-    def lines(self, name: str) -> Iterator[ArchiveLine]:
+    def lines(self, name: str, *, max_line_bytes: int = 1_000_000) -> Iterator[ArchiveLine]:
         """The file's non-empty lines, streamed; a corrupt gzip tail raises after the good
-        lines (memory stays at one buffer and one line, whatever the file's size)."""
-        number = 0
+        lines. Memory stays at one chunk and `max_line_bytes` whatever the file holds: a
+        longer line (a newline-free stream, say) comes back as its first bytes, its size and
+        its SHA-256, the rest read and dropped."""
+        counter = _LineCounter()
         with self.open(name) as raw_stream:
             stream: BinaryIO = (
                 gzip.GzipFile(fileobj=raw_stream)  # type: ignore[assignment]
@@ -102,12 +111,67 @@ class Archive:
                 else raw_stream
             )
             try:
-                for number, raw in enumerate(stream, start=1):
+                for number, raw, size, digest in _bounded_lines(stream, max_line_bytes, counter):
+                    if size > len(raw):
+                        yield ArchiveLine(name, number, raw, size, digest)
+                        continue
                     stripped = raw.rstrip(b"\r\n")
                     if stripped.strip():
-                        yield ArchiveLine(name, number, stripped)
+                        yield ArchiveLine(name, number, stripped, len(stripped))
             except (EOFError, OSError, zlib.error) as exc:
-                raise ArchiveTailError(name, number + 1, f"{type(exc).__name__}: {exc}") from exc
+                raise ArchiveTailError(
+                    name, counter.complete + 1, f"{type(exc).__name__}: {exc}"
+                ) from exc
+
+
+class _LineCounter:
+    """How many lines were read whole (where a corrupt tail starts)."""
+
+    complete = 0
+
+
+_CHUNK = 1 << 20
+
+
+def _bounded_lines(
+    stream: BinaryIO, limit: int, counter: _LineCounter
+) -> Iterator[tuple[int, bytes, int, str | None]]:
+    """(line number, bytes, size, sha256 of an over-long line) for each line of `stream`,
+    holding at most one chunk and `limit` bytes of a line in memory."""
+    kept = bytearray()
+    size = 0
+    digest: Any = None  # hashing an over-long line as it streams past
+    number = 0
+    # read1: what is there now, so the lines before a corrupt gzip tail still come out.
+    read = getattr(stream, "read1", stream.read)
+    while True:
+        chunk = read(_CHUNK)
+        if not chunk:
+            break
+        start = 0
+        while start <= len(chunk):
+            end = chunk.find(b"\n", start)
+            piece = chunk[start:] if end < 0 else chunk[start:end]
+            size += len(piece)
+            if digest is not None:
+                digest.update(piece)
+            elif len(kept) + len(piece) > limit:
+                digest = hashlib.sha256(kept)
+                digest.update(piece)
+                kept += piece[: limit - len(kept)]
+            else:
+                kept += piece
+            if end < 0:
+                break
+            number += 1
+            counter.complete = number
+            yield number, bytes(kept), size, digest.hexdigest() if digest else None
+            kept, size, digest = bytearray(), 0, None
+            start = end + 1
+    if size or kept:
+        number += 1
+        counter.complete = number
+        yield number, bytes(kept), size, digest.hexdigest() if digest else None
 
 
 class _Readable(io.RawIOBase):

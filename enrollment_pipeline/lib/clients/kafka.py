@@ -203,6 +203,11 @@ class KafkaClient:
         tps = [TopicPartition(topic, p) for p in self.partitions(topic)]
         return {tp.partition: off for tp, off in self._metadata().end_offsets(tps).items()}
 
+    def beginning_offsets(self, topic: str) -> dict[int, int]:
+        """The first offset still retained, per partition."""
+        tps = [TopicPartition(topic, p) for p in self.partitions(topic)]
+        return {tp.partition: off for tp, off in self._metadata().beginning_offsets(tps).items()}
+
     def offsets_at(self, topic: str, when_ms: int, partitions: Sequence[int]) -> dict[int, int]:
         """The first offset at or after a timestamp per partition (the end when none)."""
         consumer = self._metadata()

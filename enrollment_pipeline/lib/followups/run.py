@@ -46,6 +46,7 @@ from enrollment_pipeline.lib.clients.email import (
     PermanentEmailError,
     TransientEmailError,
     UnknownEmailOutcome,
+    check_mailbox,
 )
 from enrollment_pipeline.lib.mongo.followup_store import (
     FollowupStore,
@@ -53,6 +54,7 @@ from enrollment_pipeline.lib.mongo.followup_store import (
     pending_outcome,
     sent_outcome,
 )
+from enrollment_pipeline.lib.mongo.lease import WriterLease, holding
 
 # Steps a test may stop a run at, to prove an attempt is never sent twice.
 CHECKPOINTS = ("after_claim", "after_send_started", "after_send")
@@ -107,10 +109,14 @@ def send_followups(
     as_of: datetime,
     policy: FollowupPolicy,
     max_per_second: float = 10.0,
+    lease: WriterLease | None,
     ops_email: str | None = None,
     run_id: str | None = None,
     checkpoint: Callable[[str], None] = no_checkpoint,
 ) -> FollowupReport:
+    """Email the follow-ups due at `as_of`, page by page; each page's outcomes are written
+    under the writers' `lease`, so ingestion cannot interleave with them (Contract 3's field
+    ownership: the fold never undoes a PENDING it did not see)."""
     report = FollowupReport()
     pacer = Pacer(max_per_second)
     for page in store.due_pages(as_of):
@@ -151,7 +157,8 @@ def send_followups(
             )
             if outcome is not None:
                 outcomes.append(outcome)
-        store.apply(outcomes, pending_apps)
+        with holding(lease):
+            store.guarded(lease).apply(outcomes, pending_apps)
     if ops_email and report.newly_pending and not report.sender_down:
         subject, text = pending_digest(report.newly_pending, as_of=as_of)
         try:
@@ -159,6 +166,15 @@ def send_followups(
         except EmailError as exc:
             report.errors[f"ops digest: {exc}"] += 1
     return report
+
+
+def _buildable(followup: dict[str, Any]) -> bool:
+    """Whether a message to this follow-up's address can be built at all."""
+    try:
+        check_mailbox(str(followup.get("broker_email") or ""))
+    except InvalidAddressError:
+        return False
+    return True
 
 
 def _attempt(
@@ -211,6 +227,14 @@ def _attempt(
         if earlier["status"] == "failed":
             return rejected(earlier.get("reason") or RECIPIENT_REJECTED)
         if earlier.get("send_started_at") is not None:
+            if not _buildable(followup):
+                # Left by an earlier version, whose run died building this very message
+                # (after send_started_at): it cannot have gone out, so it is no UNKNOWN.
+                store.set_attempt(
+                    key, {"status": "failed", "reason": INVALID_ADDRESS, "resolved_at": as_of}
+                )
+                report.invalid_address += 1
+                return rejected(INVALID_ADDRESS)
             store.set_attempt(key, {"status": "unknown", "resolved_at": as_of})
             report.unknown += 1
             return counted("unknown")

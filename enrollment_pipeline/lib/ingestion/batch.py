@@ -21,12 +21,12 @@ from enrollment_pipeline.domain.events import (
     EnrollmentEvent,
     Rejection,
     RejectReason,
-    parse_record,
 )
 from enrollment_pipeline.domain.followup_queue import merge_followup, mongo_precision
 from enrollment_pipeline.domain.leads import leads_of
 from enrollment_pipeline.domain.projection import Application, FoldStep, fold_history
 from enrollment_pipeline.lib.clients.kafka import Record
+from enrollment_pipeline.lib.ingestion.limits import InputLimits
 from enrollment_pipeline.lib.mongo.collections import Document
 from enrollment_pipeline.lib.mongo.dead_letters import DeadLetter
 from enrollment_pipeline.lib.mongo.store import EnrollmentStore
@@ -38,6 +38,7 @@ PublishLeads = Callable[[list[tuple[bytes, bytes]]], object]
 # Steps a test may stop a batch at, to prove a rerun converges.
 CHECKPOINTS = (
     "after_store_insert",
+    "after_read_before_write",
     "after_read_model_write",
     "after_followups_write",
     "after_leads_produced",
@@ -72,9 +73,9 @@ class BatchReport:
 
 
 def parse_kafka_records(
-    records: Iterable[Record], *, max_bytes: int
+    records: Iterable[Record], *, limits: InputLimits
 ) -> list[tuple[Source, EnrollmentEvent | Rejection]]:
-    return [(kafka_source(r), parse_record(r.key, r.value, max_bytes=max_bytes)) for r in records]
+    return [(kafka_source(r), limits.record(r.key, r.value)) for r in records]
 
 
 def no_checkpoint(step: str) -> None:
@@ -158,6 +159,7 @@ def apply_parsed(
     existing_followups = store.followups(batch_by_app)
 
     writes = plan_writes(folds, existing_apps, existing_followups, report)
+    checkpoint("after_read_before_write")
     store.write_applications(writes.new_apps, writes.changed_apps)
     report.applications_written = len(writes.new_apps) + len(writes.changed_apps)
     checkpoint("after_read_model_write")

@@ -14,6 +14,8 @@ from enrollment_pipeline.lib.ingestion.batch import (
     no_checkpoint,
     parse_kafka_records,
 )
+from enrollment_pipeline.lib.ingestion.limits import DEFAULT_LIMITS, InputLimits
+from enrollment_pipeline.lib.mongo.lease import WriterLease, holding
 from enrollment_pipeline.lib.mongo.store import EnrollmentStore
 from enrollment_pipeline.lib.offset_commits import check_range_start, commit_range
 
@@ -32,14 +34,38 @@ def ingest_range(
     plan: RangePlan,
     *,
     lead_topic: str,
-    max_record_bytes: int = 1_000_000,
+    lease: WriterLease | None,
+    limits: InputLimits = DEFAULT_LIMITS,
     run_id: str | None = None,
     checkpoint: Callable[[str], None] = no_checkpoint,
 ) -> IngestResult:
-    """Read `[start, end)` per partition, apply it, then commit `end` (Mongo, then Kafka)."""
+    """Read `[start, end)` per partition, apply it, then commit `end` (Mongo, then Kafka),
+    all under the writers' `lease` (taken here, and let go at the end)."""
+    with holding(lease):
+        return _ingest_range(
+            kafka,
+            store.guarded(lease),
+            plan,
+            lead_topic=lead_topic,
+            limits=limits,
+            run_id=run_id,
+            checkpoint=checkpoint,
+        )
+
+
+def _ingest_range(
+    kafka: KafkaClient,
+    store: EnrollmentStore,
+    plan: RangePlan,
+    *,
+    lead_topic: str,
+    limits: InputLimits,
+    run_id: str | None,
+    checkpoint: Callable[[str], None],
+) -> IngestResult:
     committed = check_range_start(store, READ_MODEL_GROUP, plan)
     records = kafka.read_range(plan.topic, {r.partition: (r.start, r.end) for r in plan.ranges})
-    parsed = parse_kafka_records(records, max_bytes=max_record_bytes)
+    parsed = parse_kafka_records(records, limits=limits)
     report = apply_parsed(
         store,
         parsed,

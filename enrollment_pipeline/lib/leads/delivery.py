@@ -27,12 +27,13 @@ from typing import Any, Protocol
 
 from enrollment_pipeline.domain.events import RejectReason
 from enrollment_pipeline.domain.lead_queue import LeadQueue, QueuedLead, commit_points, lead_queues
-from enrollment_pipeline.domain.leads import LeadEvent, parse_lead_record
+from enrollment_pipeline.domain.leads import LeadEvent
 from enrollment_pipeline.domain.offset_ranges import RangePlan
 from enrollment_pipeline.lib.clients.crm import CrmClient, DeliveryOutcome
 from enrollment_pipeline.lib.clients.kafka import KafkaClient
 from enrollment_pipeline.lib.consumer_groups import LEAD_INTEGRATION_GROUP
 from enrollment_pipeline.lib.ingestion.batch import no_checkpoint
+from enrollment_pipeline.lib.ingestion.limits import DEFAULT_LIMITS, InputLimits
 from enrollment_pipeline.lib.mongo import lead_store
 from enrollment_pipeline.lib.mongo.dead_letters import DeadLetter
 from enrollment_pipeline.lib.mongo.lead_store import (
@@ -78,16 +79,16 @@ class LeadDeliveryPolicy:
     budget_s: float = 600.0
     concurrency: int = 8
     park_for: timedelta = timedelta(minutes=15)
-    max_record_bytes: int = 1_000_000
+    limits: InputLimits = DEFAULT_LIMITS
 
     @classmethod
-    def from_settings(cls, settings: _Limits, *, max_record_bytes: int) -> LeadDeliveryPolicy:
+    def from_settings(cls, settings: _Limits, *, limits: InputLimits) -> LeadDeliveryPolicy:
         """The one mapping from the LEAD_* limits to a policy, for runs and the CLI alike."""
         return cls(
             budget_s=settings.lead_run_budget_seconds,
             concurrency=settings.lead_concurrency,
             park_for=timedelta(minutes=settings.lead_park_minutes),
-            max_record_bytes=max_record_bytes,
+            limits=limits,
         )
 
 
@@ -156,7 +157,7 @@ def deliver_range(
     report = DeliveryReport()
     if plan is not None and plan.ranges:
         check_range_start(store, LEAD_INTEGRATION_GROUP, plan)
-        fresh, letters = _read(kafka, plan, policy.max_record_bytes)
+        fresh, letters = _read(kafka, plan, policy.limits)
     else:
         fresh, letters = [], []
     report.leads_read = len(fresh)
@@ -204,12 +205,12 @@ def deliver_range(
 
 
 def _read(
-    kafka: KafkaClient, plan: RangePlan, max_record_bytes: int
+    kafka: KafkaClient, plan: RangePlan, limits: InputLimits
 ) -> tuple[list[QueuedLead], list[DeadLetter]]:
     records = kafka.read_range(plan.topic, {r.partition: (r.start, r.end) for r in plan.ranges})
     leads, letters = [], []
     for record in records:
-        parsed = parse_lead_record(record.key, record.value, max_bytes=max_record_bytes)
+        parsed = limits.lead_record(record.key, record.value)
         if isinstance(parsed, LeadEvent):
             leads.append(
                 QueuedLead.of_record(parsed, record.topic, record.partition, record.offset)

@@ -23,6 +23,8 @@ CONSUMER_OFFSETS = "consumer_offsets"
 LEAD_PUBLICATIONS = "lead_publications"
 # One per lead the CRM was asked to take: delivered, parked or failed (Contract 4).
 LEAD_DELIVERIES = "lead_deliveries"
+# The writers' lease of the read model: one document per epoch (lib/mongo/lease.py).
+WRITER_LEASES = "writer_leases"
 
 # The queries the pipeline makes, each backed by an index (unique where the contract says so).
 INDEXES: dict[str, list[IndexModel]] = {
@@ -46,6 +48,9 @@ INDEXES: dict[str, list[IndexModel]] = {
     LEAD_DELIVERIES: [
         IndexModel([("application_id", ASCENDING), ("status", ASCENDING)], name="application"),
         IndexModel([("status", ASCENDING), ("next_attempt_at", ASCENDING)], name="retry_due"),
+    ],
+    WRITER_LEASES: [
+        IndexModel([("scope", ASCENDING), ("epoch", ASCENDING)], name="scope_epoch"),
     ],
     CONSUMER_OFFSETS: [
         IndexModel(

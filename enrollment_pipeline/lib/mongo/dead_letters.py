@@ -1,13 +1,16 @@
 """`dead_letters`: every rejected input once, by its position (Contract 2).
 
 Upserted by `_id`, so a rerun only moves `last_seen_at`; the raw bytes are kept (base64) so a
-letter can be re-driven after a fix. Every query and the decoding of the raw bytes are here,
-for the runs, the checks and the CLI alike.
+letter can be re-driven after a fix, up to `max_raw_bytes` (DEAD_LETTER_MAX_RAW_BYTES): a
+bigger input keeps its first bytes, its full size and its SHA-256, so no letter can approach
+MongoDB's 16 MB limit and the input can still be recognized at its source. Every query and the
+decoding of the raw bytes are here, for the runs, the checks and the CLI alike.
 """
 
 from __future__ import annotations
 
 import base64
+import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -17,9 +20,12 @@ from pymongo import DESCENDING, UpdateOne
 from pymongo.database import Database
 
 from enrollment_pipeline.lib.mongo.collections import DEAD_LETTERS, Document
-from enrollment_pipeline.lib.mongo.writes import BoundedWriter
+from enrollment_pipeline.lib.mongo.writes import BoundedWriter, in_chunks
 
 OPEN, REDRIVEN = "OPEN", "REDRIVEN"
+DEFAULT_MAX_RAW_BYTES = 256 * 1024
+# A Kafka key is an application id (at most 256 characters); more than this is kept cut.
+MAX_KEY_BYTES = 1024
 
 
 @dataclass(frozen=True)
@@ -32,10 +38,13 @@ class DeadLetter:
     raw: bytes | None
     key: bytes | None
     source: Mapping[str, Any]
+    # Of an input longer than `raw` (a line read only in part): its full size and SHA-256.
+    raw_size: int | None = None
+    raw_sha256: str | None = None
 
 
 def raw_bytes(letter: Mapping[str, Any]) -> bytes | None:
-    """The input as it was received, from a stored letter."""
+    """The input as it was received (or its first bytes, see `truncated`), from a letter."""
     encoded = letter.get("raw_base64")
     return base64.b64decode(encoded) if encoded else None
 
@@ -45,10 +54,54 @@ def key_bytes(letter: Mapping[str, Any]) -> bytes | None:
     return key.encode("utf-8") if key is not None else None
 
 
+def truncated(letter: Mapping[str, Any]) -> str | None:
+    """Why a letter cannot be re-driven as it is (its input was kept cut), or None."""
+    if letter.get("raw_truncated"):
+        return (
+            f"only the first {letter.get('raw_kept_bytes')} of its {letter.get('raw_size')} "
+            f"bytes are kept (sha256 {letter.get('raw_sha256')}); re-publish the record from "
+            "its source instead"
+        )
+    if letter.get("key_truncated"):
+        return "its Kafka key was kept cut; re-publish the record from its source instead"
+    return None
+
+
+def _raw_fields(letter: DeadLetter, limit: int) -> dict[str, Any]:
+    raw = letter.raw
+    if raw is None:
+        return {"raw_base64": None, "raw_size": None, "raw_sha256": None, "raw_truncated": False}
+    kept = raw[:limit]
+    size = letter.raw_size if letter.raw_size is not None else len(raw)
+    return {
+        "raw_base64": base64.b64encode(kept).decode(),
+        "raw_size": size,
+        "raw_sha256": letter.raw_sha256 or hashlib.sha256(raw).hexdigest(),
+        "raw_truncated": len(kept) < size,
+        "raw_kept_bytes": len(kept),
+    }
+
+
+def _key_fields(key: bytes | None) -> dict[str, Any]:
+    if key is None:
+        return {"key": None, "key_truncated": False}
+    return {
+        "key": key[:MAX_KEY_BYTES].decode("utf-8", "replace"),
+        "key_truncated": len(key) > MAX_KEY_BYTES,
+    }
+
+
 class DeadLetterStore:
-    def __init__(self, db: Database[Document], writer: BoundedWriter | None = None) -> None:
+    def __init__(
+        self,
+        db: Database[Document],
+        writer: BoundedWriter | None = None,
+        *,
+        max_raw_bytes: int = DEFAULT_MAX_RAW_BYTES,
+    ) -> None:
         self.collection = db[DEAD_LETTERS]
         self.writer = writer or BoundedWriter()
+        self.max_raw_bytes = max_raw_bytes
 
     def upsert(self, letters: Sequence[DeadLetter], *, now: datetime) -> None:
         """Upsert each rejected input once by its position; a rerun only moves `last_seen_at`."""
@@ -61,12 +114,8 @@ class DeadLetterStore:
                     "$set": {
                         "reason": letter.reason,
                         "detail": letter.detail,
-                        "raw_base64": base64.b64encode(letter.raw).decode()
-                        if letter.raw is not None
-                        else None,
-                        "key": letter.key.decode("utf-8", "replace")
-                        if letter.key is not None
-                        else None,
+                        **_raw_fields(letter, self.max_raw_bytes),
+                        **_key_fields(letter.key),
                         "source": dict(letter.source),
                         "last_seen_at": now,
                     },
@@ -92,9 +141,11 @@ class DeadLetterStore:
         return self.collection.find_one({"_id": letter_id})
 
     def of_ids(self, letter_ids: Sequence[str]) -> list[dict[str, Any]]:
-        if not letter_ids:
-            return []
-        return list(self.collection.find({"_id": {"$in": list(letter_ids)}}))
+        return [
+            d
+            for chunk in in_chunks(letter_ids)
+            for d in self.collection.find({"_id": {"$in": chunk}})
+        ]
 
     def listing(
         self,

@@ -7,6 +7,7 @@ guard on `attempt_count`, so applying one twice (a rerun after a crash) changes 
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator, Mapping, Sequence
 from datetime import datetime
 from typing import Any
@@ -23,6 +24,7 @@ from enrollment_pipeline.lib.mongo.collections import (
     FOLLOWUP_ATTEMPTS,
     Document,
 )
+from enrollment_pipeline.lib.mongo.lease import WriterLease
 from enrollment_pipeline.lib.mongo.writes import BoundedWriter
 
 PAGE_SIZE = 500
@@ -101,16 +103,43 @@ class FollowupStore:
 
     # -- outcomes ----------------------------------------------------------------------------
 
+    def guarded(self, lease: WriterLease | None) -> FollowupStore:
+        """This store with every write command checked against `lease` (None: unchanged)."""
+        if lease is None:
+            return self
+        return FollowupStore(self.db, dataclasses.replace(self.writer, guard=lease.guard))
+
     def apply(self, outcomes: Sequence[UpdateOne], pending_apps: Sequence[str]) -> None:
-        """Write the page's follow-up outcomes, then mark newly PENDING applications."""
+        """Write the page's follow-up outcomes, then mark PENDING the applications whose
+        follow-up is PENDING now: an outcome whose follow-up changed since the page was read
+        (signed, closed, a new broker) matched nothing, and its application stays as the
+        fold wrote it."""
         self.writer.bulk_write(self.db[BROKER_FOLLOWUPS], outcomes)
+        if not pending_apps:
+            return
+        now_pending = [
+            d["_id"]
+            for d in self.db[BROKER_FOLLOWUPS].find(
+                {"_id": {"$in": list(pending_apps)}, "status": PENDING}, {"_id": 1}
+            )
+        ]
         self.writer.bulk_write(
             self.db[APPLICATIONS],
             [
                 UpdateOne({"_id": app_id}, {"$set": {"broker_followup_status": PENDING}})
-                for app_id in pending_apps
+                for app_id in now_pending
             ],
         )
+
+
+def _same_cycle(followup: Mapping[str, Any]) -> dict[str, Any]:
+    """The filter of an outcome: this follow-up, still in the broker cycle the page read (the
+    fold may have started a new one since, which the outcome must not touch)."""
+    return {
+        "_id": followup["_id"],
+        "broker_id": followup.get("broker_id"),
+        "cycle_started_at": followup.get("cycle_started_at"),
+    }
 
 
 def sent_outcome(
@@ -124,7 +153,7 @@ def sent_outcome(
 ) -> UpdateOne:
     """Count an email as sent (also an UNKNOWN one): once, guarded by `attempt_count`."""
     return UpdateOne(
-        {"_id": followup["_id"], "attempt_count": attempt - 1},
+        {**_same_cycle(followup), "attempt_count": attempt - 1},
         {
             "$set": {
                 "retry_count": followup.get("retry_count", 0) + 1,
@@ -140,7 +169,7 @@ def sent_outcome(
 def pending_outcome(followup: Mapping[str, Any], *, reason: str, as_of: datetime) -> UpdateOne:
     """Escalate to PENDING (a person must act); a later signature still makes it SIGNED."""
     return UpdateOne(
-        {"_id": followup["_id"], "status": AWAITING},
+        {**_same_cycle(followup), "status": AWAITING},
         {"$set": {"status": PENDING, "pending_reason": reason, "pending_since": as_of}},
     )
 
@@ -150,7 +179,7 @@ def failed_outcome(
 ) -> UpdateOne:
     """A permanent failure: the attempt is used up and the follow-up goes PENDING."""
     return UpdateOne(
-        {"_id": followup["_id"], "status": AWAITING},
+        {**_same_cycle(followup), "status": AWAITING},
         {
             "$set": {
                 "status": PENDING,

@@ -18,7 +18,7 @@ from pymongo.database import Database
 
 from enrollment_pipeline.domain.lead_queue import QueuedLead
 from enrollment_pipeline.lib.mongo.collections import LEAD_DELIVERIES, Document
-from enrollment_pipeline.lib.mongo.writes import BoundedWriter
+from enrollment_pipeline.lib.mongo.writes import BoundedWriter, in_chunks
 
 DELIVERED, PARKED, FAILED = "DELIVERED", "PARKED", "FAILED"
 OPEN = [PARKED, FAILED]
@@ -31,19 +31,21 @@ class LeadDeliveryStore:
         self.writer = writer or BoundedWriter()
 
     def of_ids(self, lead_ids: Iterable[str]) -> dict[str, dict[str, Any]]:
-        ids = list(set(lead_ids))
-        if not ids:
-            return {}
-        return {d["_id"]: d for d in self.collection.find({"_id": {"$in": ids}})}
+        return {
+            d["_id"]: d
+            for chunk in in_chunks(lead_ids)
+            for d in self.collection.find({"_id": {"$in": chunk}})
+        }
 
     def open_of(self, application_ids: Iterable[str]) -> list[dict[str, Any]]:
         """Parked or failed leads of these applications."""
-        apps = list(set(application_ids))
-        if not apps:
-            return []
-        return list(
-            self.collection.find({"application_id": {"$in": apps}, "status": {"$in": OPEN}})
-        )
+        return [
+            d
+            for chunk in in_chunks(application_ids)
+            for d in self.collection.find(
+                {"application_id": {"$in": chunk}, "status": {"$in": OPEN}}
+            )
+        ]
 
     def applications_to_retry(self, now: datetime, *, redrive: bool) -> set[str]:
         """Applications with a parked lead whose retry time has come (any open lead on redrive)."""

@@ -9,7 +9,8 @@ rerun.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+import dataclasses
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -27,8 +28,13 @@ from enrollment_pipeline.lib.mongo.collections import (
     LEAD_PUBLICATIONS,
     Document,
 )
-from enrollment_pipeline.lib.mongo.dead_letters import DeadLetter, DeadLetterStore
-from enrollment_pipeline.lib.mongo.writes import BoundedWriter
+from enrollment_pipeline.lib.mongo.dead_letters import (
+    DEFAULT_MAX_RAW_BYTES,
+    DeadLetter,
+    DeadLetterStore,
+)
+from enrollment_pipeline.lib.mongo.lease import WriterLease
+from enrollment_pipeline.lib.mongo.writes import BoundedWriter, in_chunks
 
 
 @dataclass(frozen=True)
@@ -40,32 +46,52 @@ class StoredEventInfo:
 class EnrollmentStore:
     """Reads and writes of one batch, over the pipeline's database."""
 
-    def __init__(self, db: Database[Document], writer: BoundedWriter | None = None) -> None:
+    def __init__(
+        self,
+        db: Database[Document],
+        writer: BoundedWriter | None = None,
+        *,
+        max_raw_bytes: int = DEFAULT_MAX_RAW_BYTES,
+    ) -> None:
         self.db = db
         self.writer = writer or BoundedWriter()
-        self.dead_letters = DeadLetterStore(db, self.writer)
+        self.dead_letters = DeadLetterStore(db, self.writer, max_raw_bytes=max_raw_bytes)
 
     @classmethod
-    def of(cls, mongo: MongoConnection) -> EnrollmentStore:
+    def of(
+        cls, mongo: MongoConnection, *, max_raw_bytes: int = DEFAULT_MAX_RAW_BYTES
+    ) -> EnrollmentStore:
         """The store over a connection's database, with the write limits of its engine."""
-        return cls(mongo.db(), mongo.writer())
+        return cls(mongo.db(), mongo.writer(), max_raw_bytes=max_raw_bytes)
+
+    def guarded(self, lease: WriterLease | None) -> EnrollmentStore:
+        """This store with every write command checked against `lease` (None: unchanged)."""
+        if lease is None:
+            return self
+        writer = dataclasses.replace(self.writer, guard=lease.guard)
+        return EnrollmentStore(self.db, writer, max_raw_bytes=self.dead_letters.max_raw_bytes)
 
     # -- the event store -------------------------------------------------------------------
 
+    def _find_in(
+        self,
+        collection: str,
+        field: str,
+        values: Iterable[str],
+        projection: Mapping[str, Any] | None = None,
+    ) -> Iterator[Document]:
+        """Documents whose `field` is one of `values`: one `$in` per bounded piece."""
+        for chunk in in_chunks(values):
+            yield from self.db[collection].find({field: {"$in": chunk}}, projection)
+
     def stored_events(self, event_ids: Iterable[str]) -> dict[str, StoredEventInfo]:
-        ids = list(set(event_ids))
-        if not ids:
-            return {}
         hashes = {
             d["_id"]: d["content_hash"]
-            for d in self.db[ENROLLMENT_EVENTS].find({"_id": {"$in": ids}}, {"content_hash": 1})
+            for d in self._find_in(ENROLLMENT_EVENTS, "_id", event_ids, {"content_hash": 1})
         }
         if not hashes:
             return {}
-        published = {
-            d["_id"]
-            for d in self.db[LEAD_PUBLICATIONS].find({"_id": {"$in": list(hashes)}}, {"_id": 1})
-        }
+        published = {d["_id"] for d in self._find_in(LEAD_PUBLICATIONS, "_id", hashes, {"_id": 1})}
         return {
             event_id: StoredEventInfo(content_hash, event_id in published)
             for event_id, content_hash in hashes.items()
@@ -99,12 +125,9 @@ class EnrollmentStore:
 
     def events_of(self, application_ids: Iterable[str]) -> dict[str, list[EnrollmentEvent]]:
         """Every stored event of these applications, grouped by application."""
-        ids = list(set(application_ids))
-        result: dict[str, list[EnrollmentEvent]] = {app_id: [] for app_id in ids}
-        if not ids:
-            return result
-        for doc in self.db[ENROLLMENT_EVENTS].find(
-            {"application_id": {"$in": ids}}, {"event": 1, "application_id": 1}
+        result: dict[str, list[EnrollmentEvent]] = {app_id: [] for app_id in application_ids}
+        for doc in self._find_in(
+            ENROLLMENT_EVENTS, "application_id", result, {"event": 1, "application_id": 1}
         ):
             result[doc["application_id"]].append(EnrollmentEvent.from_document(doc["event"]))
         return result
@@ -124,16 +147,10 @@ class EnrollmentStore:
     # -- read model and follow-up queue ----------------------------------------------------
 
     def followups(self, application_ids: Iterable[str]) -> dict[str, Document]:
-        ids = list(set(application_ids))
-        if not ids:
-            return {}
-        return {d["_id"]: d for d in self.db[BROKER_FOLLOWUPS].find({"_id": {"$in": ids}})}
+        return {d["_id"]: d for d in self._find_in(BROKER_FOLLOWUPS, "_id", application_ids)}
 
     def applications(self, application_ids: Iterable[str]) -> dict[str, Document]:
-        ids = list(set(application_ids))
-        if not ids:
-            return {}
-        return {d["_id"]: d for d in self.db[APPLICATIONS].find({"_id": {"$in": ids}})}
+        return {d["_id"]: d for d in self._find_in(APPLICATIONS, "_id", application_ids)}
 
     def write_applications(self, new: Sequence[Document], changed: Sequence[Document]) -> None:
         """Insert new application documents, replace changed ones."""

@@ -1,4 +1,5 @@
-"""Every multi-document write of the pipeline, split into commands a server can take.
+"""Every multi-document write of the pipeline, and every `$in` read, split into commands a
+server can take.
 
 FerretDB v1 on PostgreSQL holds one backend pool connection per update statement until the
 whole command ends; an update command with more statements than the pool has connections
@@ -7,12 +8,15 @@ the server answers nothing, `ping` included. The limit is shared by every client
 So updates go out in commands of at most `updates_per_command` statements, small enough
 for several jobs writing together; MongoDB has no such limit and keeps large commands.
 Inserts of new documents do not hold connections that way, but are chunked too, so no single
-command runs longer than the client's timeout.
+command runs longer than the client's timeout. (pymongo itself splits a bulk write whose
+documents exceed the 48 MB message limit; each document stays far below 16 MB because every
+field of an event is bounded.) A query's filter is one document, so a `$in` over a batch's ids
+goes in pieces of at most `IN_MAX_IDS` ids and `IN_MAX_BYTES` bytes (`in_chunks`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -29,6 +33,10 @@ FERRETDB_UPDATES_PER_COMMAND = 10
 MONGODB_UPDATES_PER_COMMAND = 1_000
 INSERTS_PER_COMMAND = 1_000
 
+# Of one `$in` filter: far below MongoDB's 16 MB document limit, whatever the ids.
+IN_MAX_IDS = 10_000
+IN_MAX_BYTES = 2 * 1024 * 1024
+
 WriteOp = UpdateOne | ReplaceOne[dict[str, Any]] | UpdateMany | DeleteOne
 T = TypeVar("T")
 
@@ -38,12 +46,36 @@ def chunks(items: Sequence[T], size: int) -> Iterator[Sequence[T]]:
         yield items[start : start + size]
 
 
+def in_chunks(
+    ids: Iterable[str], *, max_ids: int = IN_MAX_IDS, max_bytes: int = IN_MAX_BYTES
+) -> Iterator[list[str]]:
+    """Distinct `ids` in lists of at most `max_ids` ids and about `max_bytes` of UTF-8, each
+    small enough to be one `{"$in": [...]}` filter."""
+    chunk: list[str] = []
+    size = 0
+    for value in dict.fromkeys(ids):
+        cost = len(value.encode("utf-8", "surrogatepass")) + 16  # BSON element overhead
+        if chunk and (len(chunk) >= max_ids or size + cost > max_bytes):
+            yield chunk
+            chunk, size = [], 0
+        chunk.append(value)
+        size += cost
+    if chunk:
+        yield chunk
+
+
+def _unguarded() -> None:
+    return None
+
+
 @dataclass(frozen=True)
 class BoundedWriter:
-    """Splits bulk writes into commands of a bounded number of statements."""
+    """Splits bulk writes into commands of a bounded number of statements; `guard` runs
+    before each command (the writers' lease checks it still holds, or raises)."""
 
     updates_per_command: int = FERRETDB_UPDATES_PER_COMMAND
     inserts_per_command: int = INSERTS_PER_COMMAND
+    guard: Callable[[], None] = _unguarded
 
     def __post_init__(self) -> None:
         if self.updates_per_command < 1 or self.inserts_per_command < 1:
@@ -53,6 +85,7 @@ class BoundedWriter:
         """Apply `ops` (unordered) in bounded commands; returns the number of commands."""
         commands = 0
         for chunk in chunks(list(ops), self.updates_per_command):
+            self.guard()
             collection.bulk_write(list(chunk), ordered=False)
             commands += 1
         return commands
@@ -67,6 +100,7 @@ class BoundedWriter:
         """
         inserted = 0
         for chunk in chunks(list(docs), self.inserts_per_command):
+            self.guard()
             try:
                 inserted += len(collection.insert_many(list(chunk), ordered=False).inserted_ids)
             except BulkWriteError as exc:
