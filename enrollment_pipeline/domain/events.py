@@ -426,14 +426,15 @@ def describe_validation_error(error: ValidationError) -> str:
     """Field paths and messages only, never the input values (they may be PII)."""
     parts = []
     for err in error.errors(include_url=False, include_context=False, include_input=False):
-        loc = ".".join(_short(str(p), 60) for p in err["loc"]) or "(event)"
-        parts.append(f"{loc}: {err['msg']}")
+        loc = ".".join(_short(printable(str(p)), 60) for p in err["loc"]) or "(event)"
+        parts.append(f"{loc}: {printable(err['msg'])}")
     return _short("; ".join(parts))
 
 
-def _lone_surrogate(data: Any) -> bool:
-    """True when a string anywhere in `data` holds a lone surrogate (JSON's `\\ud800`): it
-    is no Unicode text, so it can be neither hashed as UTF-8 nor stored."""
+def _unstorable(data: Any) -> Rejection | None:
+    """Why a string anywhere in `data` (keys included) cannot be kept, or None: a lone
+    surrogate (JSON's `\\ud800`) is no Unicode text, so it can be neither hashed as UTF-8 nor
+    stored; a NUL (U+0000) is refused by PostgreSQL's jsonb, under FerretDB."""
     stack = [data]
     while stack:
         item = stack.pop()
@@ -441,13 +442,29 @@ def _lone_surrogate(data: Any) -> bool:
             try:
                 item.encode("utf-8")
             except UnicodeEncodeError:
-                return True
+                return Rejection(
+                    RejectReason.INVALID_JSON, "a string holds a lone UTF-16 surrogate"
+                )
+            if "\x00" in item:
+                return Rejection(
+                    RejectReason.SCHEMA_VIOLATION, "a string holds a NUL character (U+0000)"
+                )
         elif isinstance(item, dict):
             stack.extend(item.keys())
             stack.extend(item.values())
         elif isinstance(item, list):
             stack.extend(item)
-    return False
+    return None
+
+
+def printable(text: str) -> str:
+    """`text` with every character that is not printable (controls, NUL, lone surrogates)
+    escaped, so a detail can be stored and shown anywhere."""
+    if text.isprintable():
+        return text
+    return "".join(
+        c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text
+    )
 
 
 def _parse_value(
@@ -475,8 +492,9 @@ def _parse_value(
         return Rejection(
             RejectReason.SCHEMA_VIOLATION, f"expected a JSON object, got {type(data).__name__}"
         )
-    if _lone_surrogate(data):
-        return Rejection(RejectReason.INVALID_JSON, "a string holds a lone UTF-16 surrogate")
+    unstorable = _unstorable(data)
+    if unstorable is not None:
+        return unstorable
     event_type = data.get("event_type")
     if "event_type" not in data:
         return Rejection(RejectReason.SCHEMA_VIOLATION, "event_type: Field required")
@@ -484,7 +502,8 @@ def _parse_value(
         return Rejection(RejectReason.SCHEMA_VIOLATION, "event_type: must be a string")
     if event_type not in EVENT_TYPE_RANK:
         return Rejection(
-            RejectReason.UNKNOWN_EVENT_TYPE, f"unknown event_type {_short(event_type, 80)!r}"
+            RejectReason.UNKNOWN_EVENT_TYPE,
+            f"unknown event_type {_short(printable(event_type), 80)!r}",
         )
     version = data.get("schema_version")
     if type(version) is not int or version != SUPPORTED_SCHEMA_VERSION:

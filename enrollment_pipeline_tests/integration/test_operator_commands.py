@@ -124,3 +124,47 @@ def test_offsets_reset_is_refused_while_an_ingestion_run_is_in_flight(
     with dg.DagsterInstance.get() as instance:
         instance.report_run_failed(instance.get_run_by_id(run.run_id))
     assert cli("offsets", "reset", "--to-offset", "0", "--yes").exit_code == 0
+
+
+def test_offsets_reset_per_partition_shows_before_and_after_and_never_skips_by_accident(
+    cli, kafka, mongo, topic, lead_topic
+):
+    kafka.produce_batch(topic, [f.record(f.submitted(f"APP-{i}", i)) for i in range(30)])
+    ingest_all(kafka, mongo, topic, lead_topic)
+    ends = kafka.end_offsets(topic)
+    busy = max(ends, key=ends.get)
+    store = EnrollmentStore.of(mongo)
+
+    back = cli("offsets", "reset", "--to-offset", f"{busy}=1", "--yes", "--force")
+    assert back.exit_code == 0, back.output
+    assert f"partition {busy}: {ends[busy]} -> 1 (replays {ends[busy] - 1})" in back.output
+    for group in ENROLLMENT_GROUPS:
+        assert store.committed_offsets(group, topic)[busy] == 1
+        assert kafka.group_offsets(group)[(topic, busy)] == 1
+
+    # Forward past the committed offset would skip records unread.
+    skip = cli("offsets", "reset", "--to-offset", f"{busy}={ends[busy]}", "--yes", "--force")
+    assert skip.exit_code == 1
+    assert "would skip unread records" in skip.output and "--allow-skip" in skip.output
+    assert store.committed_offsets(READ_MODEL_GROUP, topic)[busy] == 1
+    by_time = cli("offsets", "reset", "--to-time", "2999-01-01T00:00:00", "--yes", "--force")
+    assert by_time.exit_code == 1 and "would skip unread records" in by_time.output
+
+    allowed = cli(
+        "offsets",
+        "reset",
+        "--to-offset",
+        f"{busy}={ends[busy]}",
+        "--allow-skip",
+        "--yes",
+        "--force",
+    )
+    assert allowed.exit_code == 0, allowed.output
+    assert f"partition {busy}: 1 -> {ends[busy]} (skips {ends[busy] - 1})" in allowed.output
+    assert store.committed_offsets(READ_MODEL_GROUP, topic)[busy] == ends[busy]
+
+    unknown = cli("offsets", "reset", "--to-offset", "99=0", "--yes", "--force")
+    assert unknown.exit_code == 1
+    assert unknown.output.strip().splitlines() == [
+        f"Error: {topic} has no partition 99 (it has 0, 1, 2)"
+    ]

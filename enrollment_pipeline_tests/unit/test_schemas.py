@@ -88,6 +88,12 @@ INVALID_EVENTS: dict[str, dict[str, Any]] = {
     "bad-product": changed("payload.plan.product", "PET"),
     "bad-channel": changed("payload.channel", "FAX"),
     "extra-applicant-field": changed("payload.applicant.ssn", "x"),
+    "long-id": event("ApplicationApproved", {}, event_id="E" * 257),
+    "year-9999": event("ApplicationApproved", {}, occurred_at="9999-12-31T23:59:59-01:00"),
+    "year-1899": event("ApplicationApproved", {}, occurred_at="1899-12-31T00:00:00Z"),
+    "long-name": changed("payload.applicant.first_name", "J" * 201),
+    "long-email": changed("payload.applicant.email", "a" * 250 + "@b.co"),
+    "long-reason": event("ApplicationDeclined", {"reason": "r" * 2001}),
     "missing-plan": {
         **SUBMITTED,
         "payload": {k: v for k, v in SUBMITTED["payload"].items() if k != "plan"},

@@ -19,6 +19,7 @@ from typing import Any
 from pymongo import DESCENDING, UpdateOne
 from pymongo.database import Database
 
+from enrollment_pipeline.domain.events import printable
 from enrollment_pipeline.lib.mongo.collections import DEAD_LETTERS, Document
 from enrollment_pipeline.lib.mongo.writes import BoundedWriter, in_chunks
 
@@ -50,6 +51,9 @@ def raw_bytes(letter: Mapping[str, Any]) -> bytes | None:
 
 
 def key_bytes(letter: Mapping[str, Any]) -> bytes | None:
+    """The Kafka key as received (kept as base64 when it was no clean UTF-8 text)."""
+    if letter.get("key_base64"):
+        return base64.b64decode(letter["key_base64"])
     key = letter.get("key")
     return key.encode("utf-8") if key is not None else None
 
@@ -83,10 +87,17 @@ def _raw_fields(letter: DeadLetter, limit: int) -> dict[str, Any]:
 
 
 def _key_fields(key: bytes | None) -> dict[str, Any]:
+    """The key as text to read (escaped where it is not printable), and as base64 when the
+    text alone would not give it back (invalid UTF-8, a NUL the store refuses)."""
     if key is None:
-        return {"key": None, "key_truncated": False}
+        return {"key": None, "key_base64": None, "key_truncated": False}
+    kept = key[:MAX_KEY_BYTES]
+    text = kept.decode("utf-8", "replace")
+    clean = printable(text)
+    exact = clean == text and text.encode("utf-8") == kept
     return {
-        "key": key[:MAX_KEY_BYTES].decode("utf-8", "replace"),
+        "key": clean,
+        "key_base64": None if exact else base64.b64encode(kept).decode(),
         "key_truncated": len(key) > MAX_KEY_BYTES,
     }
 
