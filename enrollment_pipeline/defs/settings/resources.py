@@ -83,7 +83,7 @@ class PipelineSettingsResource(dg.ConfigurableResource):
         )
 
     def lead_delivery_policy(self) -> LeadDeliveryPolicy:
-        return LeadDeliveryPolicy.from_settings(self, max_record_bytes=self.ingest_max_record_bytes)
+        return LeadDeliveryPolicy.from_settings(self, limits=self.input_limits())
 
     def followup_policy(self) -> FollowupPolicy:
         return FollowupPolicy(
