@@ -141,10 +141,8 @@ class MongoWire:
         """The clients' URI: with the user and password (a secret) for the secured server."""
         if self.auth is None:
             return self.anonymous_uri
-        return (
-            f"mongodb://{AUTH_USER}:{self.auth.password}@{self.host}:{self.port}/"
-            f"?authSource={AUTH_SOURCE}"
-        )
+        # The path names the authSource (no `?`: `export $(stack env --secure)` takes it as is).
+        return f"mongodb://{AUTH_USER}:{self.auth.password}@{self.host}:{self.port}/{AUTH_SOURCE}"
 
     @property
     def port_setting(self) -> str:
