@@ -184,12 +184,19 @@ class StackSettings(BaseSettings):
     cache_dir: Path = Field(
         default_factory=lambda: _xdg("XDG_CACHE_HOME", ".cache") / "enrollment-pipeline"
     )
+    # Loopback only, unless allow_remote: the services hold personal data.
     host: str = "127.0.0.1"
+    allow_remote: bool = False
+    # Also start the secured pieces: a SASL_SSL listener (SCRAM-SHA-512) on the broker and a
+    # MongoDB-wire server that requires a user and password (`stack env --secure`).
+    secure: bool = False
     kafka_port: int = 9092
+    kafka_sasl_port: int = 9094
     kafka_controller_port: int = 9093
     kafka_version: str = "4.1.1"
     kafka_heap: str = "768m"
     mongo_port: int = 27017
+    mongo_secure_port: int = 27018
     # auto: mongod when it is on PATH, else FerretDB on PostgreSQL with our patches
     # (stack/mongo.py; benchmarks/README.md has the measurements).
     mongo_engine: Literal["auto", "mongod", "ferretdb", "ferretdb-stock", "ferretdb-sqlite"] = (

@@ -56,12 +56,14 @@ def free_ports(count: int) -> list[int]:
 
 def private_stack_settings(state_dir: Path) -> StackSettings:
     """A stack on free ports in `state_dir`, with the shared (warm) download cache."""
-    kafka, controller, mongo, postgres, smtp, crm = free_ports(6)
+    kafka, controller, kafka_sasl, mongo, mongo_secure, postgres, smtp, crm = free_ports(8)
     return StackSettings(
         state_dir=state_dir,
         kafka_port=kafka,
         kafka_controller_port=controller,
+        kafka_sasl_port=kafka_sasl,  # used only with secure=True
         mongo_port=mongo,
+        mongo_secure_port=mongo_secure,
         postgres_port=postgres,
         smtp_port=smtp,
         crm_port=crm,

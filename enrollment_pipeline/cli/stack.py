@@ -14,8 +14,13 @@ from enrollment_pipeline.stack.local import LocalStack
 from enrollment_pipeline.stack.process import ServiceError
 
 
-def _stack() -> LocalStack:
-    return LocalStack(StackSettings(), PipelineSettings())
+def _stack(*, secure: bool = False) -> LocalStack:
+    """The stack of the environment's STACK_* settings (`secure` forces STACK_SECURE on)."""
+    try:
+        settings = StackSettings(**({"secure": True} if secure else {}))
+        return LocalStack(settings, PipelineSettings())
+    except ServiceError as exc:
+        raise click.ClickException(str(exc)) from exc
 
 
 @click.group()
@@ -23,16 +28,23 @@ def stack() -> None:
     """The local services (Kafka, MongoDB wire server, PostgreSQL, SMTP sink, CRM test double)
     without Docker.
 
-    Settings: STACK_STATE_DIR, STACK_CACHE_DIR, STACK_KAFKA_PORT, STACK_MONGO_PORT,
-    STACK_POSTGRES_PORT, STACK_SMTP_PORT, STACK_CRM_PORT, STACK_MONGO_ENGINE
-    (auto|mongod|ferretdb).
+    Settings: STACK_STATE_DIR, STACK_CACHE_DIR, STACK_HOST (loopback unless
+    STACK_ALLOW_REMOTE=true), STACK_KAFKA_PORT, STACK_MONGO_PORT, STACK_POSTGRES_PORT,
+    STACK_SMTP_PORT, STACK_CRM_PORT, STACK_MONGO_ENGINE (auto|mongod|ferretdb); STACK_SECURE
+    with STACK_KAFKA_SASL_PORT and STACK_MONGO_SECURE_PORT.
     """
 
 
 @stack.command("up")
-def stack_up() -> None:
+@click.option(
+    "--secure",
+    is_flag=True,
+    help="Also the secured pieces (as STACK_SECURE=true): Kafka's SASL_SSL listener and a "
+    "MongoDB-wire server that requires its user.",
+)
+def stack_up(secure: bool) -> None:
     """Install (cached), start every service, wait until each answers, create the topics."""
-    local = _stack()
+    local = _stack(secure=secure)
     started = time.monotonic()
     console.print(f"Starting the local stack (state in {local.settings.state_dir})")
     try:
@@ -81,9 +93,20 @@ def stack_status() -> None:
 
 
 @stack.command("env")
-def stack_env() -> None:
+@click.option(
+    "--secure",
+    is_flag=True,
+    help="Point at the secured pieces: SASL_SSL with its SCRAM user and CA, and MONGO_URI "
+    "with credentials (after `stack up --secure`).",
+)
+def stack_env(secure: bool) -> None:
     """Print KEY=VALUE lines for the running stack: `export $(enrollment-pipeline stack env)`."""
-    for key, value in _stack().env().items():
+    local = _stack()
+    try:
+        values = local.secure_env() if secure else local.env()
+    except ServiceError as exc:
+        raise click.ClickException(str(exc)) from exc
+    for key, value in values.items():
         click.echo(f"{key}={shlex.quote(value)}")
 
 

@@ -28,6 +28,12 @@ from enrollment_pipeline.lib.mongo.collections import APPLICATIONS
 from enrollment_pipeline.lib.sample_data import synthetic_events
 from enrollment_pipeline.settings import KafkaSettings, MongoSettings
 from enrollment_pipeline.stack.local import LocalStack
+from enrollment_pipeline.stack.process import (
+    PRIVATE_UMASK,
+    private_append,
+    private_dir,
+    write_private,
+)
 
 PROJECT = Path(__file__).resolve().parent.parent.parent
 GRACE_S = 15.0
@@ -92,8 +98,8 @@ class Demo:
         self.started_services = [s.name for s in self.stack.services if s.daemon.name not in before]
         os.environ.update(self.stack.env())
         home = self.stack.settings.state_dir / "dagster_home"
-        home.mkdir(parents=True, exist_ok=True)
-        (home / "dagster.yaml").write_text((PROJECT / "deploy" / "dagster.yaml").read_text())
+        private_dir(home)
+        write_private(home / "dagster.yaml", (PROJECT / "deploy" / "dagster.yaml").read_text())
         os.environ["DAGSTER_HOME"] = str(home)
 
     def start_trickle(self, burst: int, rate: float) -> None:
@@ -107,8 +113,7 @@ class Demo:
     def start_dagster(self) -> None:
         """`dagster dev` in its own process group, its output in `{state}/logs/dagster.log`."""
         home = Path(os.environ["DAGSTER_HOME"])
-        self.dagster_log.parent.mkdir(parents=True, exist_ok=True)
-        with self.dagster_log.open("ab") as log:
+        with private_append(self.dagster_log) as log:
             self.dagster = subprocess.Popen(
                 [
                     sys.executable,
@@ -127,6 +132,7 @@ class Demo:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
                 preexec_fn=_default_signals,
+                umask=PRIVATE_UMASK,  # run logs and compute logs are personal data too
             )
 
     # -- talk to the UI ----------------------------------------------------------------------

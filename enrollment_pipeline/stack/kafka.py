@@ -1,13 +1,31 @@
-"""Apache Kafka 4.x, single-node KRaft, from Maven Central artifacts (no tarball, no Docker)."""
+"""Apache Kafka 4.x, single-node KRaft, from Maven Central artifacts (no tarball, no Docker).
+
+With `sasl` (STACK_SECURE), the broker has a second listener, SASL_SSL on its own port
+(SCRAM-SHA-512, a certificate from the stack's private CA), beside the PLAINTEXT one that
+everything else uses; the SCRAM user is created through the PLAINTEXT listener at each start.
+"""
 
 from __future__ import annotations
 
 import shutil
 import subprocess
 import tempfile
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
-from enrollment_pipeline.stack.process import Daemon, ServiceError, port_open, run_checked
+from enrollment_pipeline.stack.process import (
+    PRIVATE_UMASK,
+    Daemon,
+    ServiceError,
+    port_open,
+    private_dir,
+    run_checked,
+    stored_secret,
+)
+
+SASL_MECHANISM = "SCRAM-SHA-512"
+SASL_USER = "enrollment"
 
 # kafka_2.13 4.x brings slf4j-api 1.7 and log4j-core 2.24 but no binding: log4j-slf4j-impl
 # (the binding for slf4j 1.x) sends the broker's logging to log4j2, and so to our log file.
@@ -57,11 +75,11 @@ _SERVER_PROPERTIES = """# Written by `enrollment-pipeline stack up`; single-node
 process.roles=broker,controller
 node.id=1
 controller.quorum.bootstrap.servers={host}:{controller_port}
-listeners=PLAINTEXT://{host}:{port},CONTROLLER://{host}:{controller_port}
-advertised.listeners=PLAINTEXT://{host}:{port}
+listeners={listeners},CONTROLLER://{host}:{controller_port}
+advertised.listeners={listeners}
 controller.listener.names=CONTROLLER
 inter.broker.listener.name=PLAINTEXT
-listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT
+listener.security.protocol.map=CONTROLLER:PLAINTEXT,{protocols}
 log.dirs={data_dir}
 num.partitions={partitions}
 default.replication.factor=1
@@ -79,6 +97,40 @@ share.coordinator.state.topic.min.isr=1
 group.initial.rebalance.delay.ms=0
 log.retention.hours=-1
 """
+
+_SASL_SSL_PROPERTIES = """
+# STACK_SECURE: a SASL_SSL listener with SCRAM-SHA-512 users, TLS from the stack's private CA.
+listener.name.sasl_ssl.sasl.enabled.mechanisms=SCRAM-SHA-512
+listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config=\
+  org.apache.kafka.common.security.scram.ScramLoginModule required;
+listener.name.sasl_ssl.ssl.keystore.type=PEM
+listener.name.sasl_ssl.ssl.keystore.location={keystore}
+listener.name.sasl_ssl.ssl.client.auth=none
+"""
+
+
+@dataclass(frozen=True)
+class KafkaSasl:
+    """The SASL_SSL listener: its port and where its secrets are kept."""
+
+    port: int
+    secrets_dir: Path
+
+    @property
+    def password_file(self) -> Path:
+        return self.secrets_dir / "kafka-sasl-password"
+
+    @property
+    def ca_file(self) -> Path:
+        return self.secrets_dir / "kafka-ca.pem"
+
+    @property
+    def keystore(self) -> Path:
+        return self.secrets_dir / "kafka-broker.pem"
+
+    @property
+    def password(self) -> str:
+        return stored_secret(self.password_file)
 
 
 class Kafka:
@@ -98,8 +150,10 @@ class Kafka:
         heap: str,
         partitions: int,
         timeout_s: float,
+        sasl: KafkaSasl | None = None,
     ) -> None:
         self.version = version
+        self.sasl = sasl
         self.libs = cache_dir / f"kafka-{version}" / "libs"
         self.m2 = cache_dir / "m2"
         self.dir = state_dir / "kafka"
@@ -116,6 +170,28 @@ class Kafka:
     @property
     def bootstrap_servers(self) -> str:
         return f"{self.host}:{self.port}"
+
+    @property
+    def sasl_bootstrap_servers(self) -> str | None:
+        return f"{self.host}:{self.sasl.port}" if self.sasl else None
+
+    def _properties(self) -> str:
+        listeners = [f"PLAINTEXT://{self.host}:{self.port}"]
+        protocols = ["PLAINTEXT:PLAINTEXT"]
+        if self.sasl:
+            listeners.append(f"SASL_SSL://{self.host}:{self.sasl.port}")
+            protocols.append("SASL_SSL:SASL_SSL")
+        text = _SERVER_PROPERTIES.format(
+            host=self.host,
+            listeners=",".join(listeners),
+            protocols=",".join(protocols),
+            controller_port=self.controller_port,
+            data_dir=self.data,
+            partitions=self.partitions,
+        )
+        if self.sasl:
+            text += _SASL_SSL_PROPERTIES.format(keystore=self.sasl.keystore)
+        return text
 
     def install(self) -> None:
         """Copy kafka_2.13 and its runtime dependencies with Maven, once per version."""
@@ -150,6 +226,10 @@ class Kafka:
         return ["java", "-cp", f"{self.libs}/*", *args]
 
     def up(self) -> None:
+        if self.sasl and self.daemon.pid() is not None and not self._sasl_configured():
+            # Started without STACK_SECURE: its listeners are fixed at start.
+            self.daemon.log("restarting kafka to add its SASL_SSL listener (STACK_SECURE)")
+            self.daemon.stop(timeout_s=60)
         if self.daemon.already_up(
             self.is_ready,
             host=self.host,
@@ -157,19 +237,20 @@ class Kafka:
             setting="STACK_KAFKA_PORT",
             timeout_s=self.timeout_s,
         ):
+            if self.sasl:
+                self._ensure_sasl_user()
             return
         self.install()
-        self.dir.mkdir(parents=True, exist_ok=True)
+        private_dir(self.dir)
+        if self.sasl:
+            self._ensure_certificate()
+            if port_open(self.host, self.sasl.port):
+                raise ServiceError(
+                    f"kafka: port {self.host}:{self.sasl.port} is taken by another process; "
+                    "set STACK_KAFKA_SASL_PORT to a free port"
+                )
         properties = self.dir / "server.properties"
-        properties.write_text(
-            _SERVER_PROPERTIES.format(
-                host=self.host,
-                port=self.port,
-                controller_port=self.controller_port,
-                data_dir=self.data,
-                partitions=self.partitions,
-            )
-        )
+        properties.write_text(self._properties())
         log4j = self.dir / "log4j2.xml"
         log4j.write_text(_LOG4J2)
         if not (self.data / "meta.properties").exists():
@@ -190,6 +271,73 @@ class Kafka:
             ]
         )
         self.daemon.wait_ready(proc, self.is_ready, timeout_s=self.timeout_s)
+        if self.sasl:
+            self._ensure_sasl_user()
+
+    def _sasl_configured(self) -> bool:
+        try:
+            return "SASL_SSL://" in (self.dir / "server.properties").read_text()
+        except FileNotFoundError:
+            return False
+
+    def _ensure_certificate(self) -> None:
+        from enrollment_pipeline.stack import tls
+
+        assert self.sasl is not None
+        if not tls.is_current(self.sasl.ca_file, self.sasl.keystore, self.host):
+            tls.make_broker_certificate(self.sasl.ca_file, self.sasl.keystore, self.host)
+
+    def _ensure_sasl_user(self) -> None:
+        """Create (or update) the SCRAM user with the kept password, over PLAINTEXT; then wait
+        until the SASL_SSL listener takes it (the credential travels through the metadata log)."""
+        from kafka import KafkaAdminClient
+        from kafka.admin import ScramMechanism, UserScramCredentialUpsertion
+
+        assert self.sasl is not None
+        password = self.sasl.password
+        admin = KafkaAdminClient(
+            bootstrap_servers=self.bootstrap_servers,
+            request_timeout_ms=10_000,
+            bootstrap_timeout_ms=10_000,
+        )
+        try:
+            upsert = UserScramCredentialUpsertion(SASL_USER, ScramMechanism.SCRAM_SHA_512, password)
+            errors = admin.alter_user_scram_credentials([upsert])
+        finally:
+            admin.close()
+        if errors.get(SASL_USER):
+            raise ServiceError(f"kafka: creating the SCRAM user failed: {errors[SASL_USER]}")
+        deadline = time.monotonic() + self.timeout_s
+        while True:
+            try:
+                self._sasl_admin_probe(password)
+                return
+            except Exception as exc:  # not yet: the credential or the listener is coming
+                if time.monotonic() > deadline:
+                    raise ServiceError(
+                        f"kafka: the SASL_SSL listener on {self.sasl_bootstrap_servers} did not "
+                        f"take the SCRAM user ({type(exc).__name__}); see {self.daemon.log_file}"
+                    ) from exc
+                time.sleep(0.5)
+
+    def _sasl_admin_probe(self, password: str) -> None:
+        from kafka import KafkaAdminClient
+
+        assert self.sasl is not None
+        admin = KafkaAdminClient(
+            bootstrap_servers=self.sasl_bootstrap_servers,
+            security_protocol="SASL_SSL",
+            sasl_mechanism=SASL_MECHANISM,
+            sasl_plain_username=SASL_USER,
+            sasl_plain_password=password,
+            ssl_cafile=str(self.sasl.ca_file),
+            request_timeout_ms=3000,
+            bootstrap_timeout_ms=3000,
+        )
+        try:
+            admin.list_topics()
+        finally:
+            admin.close()
 
     def _format(self, properties: Path) -> None:
         cluster_id = subprocess.run(
@@ -216,6 +364,7 @@ class Kafka:
             ),
             log_file=self.daemon.log_file,
             timeout_s=120,
+            umask=PRIVATE_UMASK,
         )
 
     def is_ready(self) -> bool:

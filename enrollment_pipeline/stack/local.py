@@ -3,11 +3,14 @@ CRM test double.
 
 Started in dependency order, each with a health check before `up` returns; stopped in
 reverse order by pid. Data and logs live under one state folder, downloads and builds in a
-cache folder keyed by version, both outside the repository.
+cache folder keyed by version, both outside the repository. The state folder holds personal
+data and the generated secrets (`{state}/secrets`): it is its owner's only, and the services
+listen on loopback unless STACK_ALLOW_REMOTE=true.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import sys
 import time
 from collections.abc import Callable
@@ -16,10 +19,16 @@ from datetime import datetime
 from pathlib import Path
 
 from enrollment_pipeline.settings import PipelineSettings, StackSettings
-from enrollment_pipeline.stack.kafka import Kafka
-from enrollment_pipeline.stack.mongo import MongoWire
+from enrollment_pipeline.stack.kafka import SASL_MECHANISM, SASL_USER, Kafka, KafkaSasl
+from enrollment_pipeline.stack.mongo import AUTH_USER, MongoAuth, MongoWire
 from enrollment_pipeline.stack.postgres import Postgres
-from enrollment_pipeline.stack.process import Daemon, ServiceError, port_open
+from enrollment_pipeline.stack.process import (
+    Daemon,
+    ServiceError,
+    port_open,
+    private_dir,
+    restrict_tree,
+)
 
 
 @dataclass(frozen=True)
@@ -33,6 +42,10 @@ class ServiceStatus:
     @property
     def running(self) -> bool:
         return self.state == "running"
+
+
+# The secured FerretDB's own PostgreSQL database: two FerretDB processes must not share one.
+SECURE_FERRETDB_DATABASE = "ferretdb_secure"
 
 
 class SmtpSink:
@@ -60,7 +73,7 @@ class SmtpSink:
         ):
             return
         for folder in ("tmp", "new", "cur"):  # a Maildir: aiosmtpd creates none of them
-            (self.maildir / folder).mkdir(parents=True, exist_ok=True)
+            private_dir(self.maildir / folder)
         proc = self.daemon.start(
             [
                 sys.executable,
@@ -148,7 +161,7 @@ class CrmDouble:
             timeout_s=self.timeout_s,
         ):
             return
-        self.received_log.parent.mkdir(parents=True, exist_ok=True)
+        private_dir(self.received_log.parent)
         proc = self.daemon.start(
             [
                 sys.executable,
@@ -183,13 +196,32 @@ class CrmDouble:
         return requests.get(f"{self.url}/leads", timeout=5).json()
 
 
+def is_loopback(host: str) -> bool:
+    try:
+        return host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_host(settings: StackSettings) -> None:
+    """The services hold personal data: on loopback only, unless explicitly allowed."""
+    if not settings.allow_remote and not is_loopback(settings.host):
+        raise ServiceError(
+            f"STACK_HOST={settings.host} is not a loopback address: the stack's services "
+            "hold personal data and would be reachable from the network; set "
+            "STACK_ALLOW_REMOTE=true to allow it"
+        )
+
+
 class LocalStack:
     """What `enrollment-pipeline stack up|down|status|env` drives."""
 
     def __init__(self, stack: StackSettings, pipeline: PipelineSettings) -> None:
+        check_host(stack)
         self.settings, self.pipeline = stack, pipeline
         state, cache, host = stack.state_dir, stack.cache_dir, stack.host
         timeout = stack.start_timeout_s
+        self.secrets_dir = state / "secrets"
         self.postgres = Postgres(state, host, stack.postgres_port, timeout)
         self.mongo = MongoWire(
             engine=stack.mongo_engine,
@@ -201,6 +233,19 @@ class LocalStack:
             postgres_url=self.postgres.url("ferretdb"),
             timeout_s=timeout,
         )
+        # Secured pieces (STACK_SECURE): built always, so `down` and `env --secure` find them.
+        self.secure_mongo = MongoWire(
+            engine=stack.mongo_engine,
+            state_dir=state,
+            cache_dir=cache,
+            ferretdb_version=stack.ferretdb_version,
+            host=host,
+            port=stack.mongo_secure_port,
+            postgres_url=self.postgres.url(SECURE_FERRETDB_DATABASE),
+            timeout_s=timeout,
+            auth=MongoAuth(self.secrets_dir / "mongo-password"),
+        )
+        self.kafka_sasl = KafkaSasl(stack.kafka_sasl_port, self.secrets_dir)
         self.kafka = Kafka(
             state_dir=state,
             cache_dir=cache,
@@ -211,14 +256,23 @@ class LocalStack:
             heap=stack.kafka_heap,
             partitions=pipeline.kafka_topic_partitions,
             timeout_s=timeout,
+            sasl=self.kafka_sasl if stack.secure else None,
         )
         self.smtp = SmtpSink(state, host, stack.smtp_port, timeout)
         self.crm = CrmDouble(state, host, stack.crm_port, timeout)
 
     @property
     def services(self) -> list:
-        """In start order; FerretDB needs PostgreSQL."""
-        return [self.postgres, self.mongo, self.kafka, self.smtp, self.crm]
+        """What `up` starts, in start order; FerretDB needs PostgreSQL."""
+        secure = [self.secure_mongo] if self.settings.secure else []
+        return [self.postgres, self.mongo, *secure, self.kafka, self.smtp, self.crm]
+
+    @property
+    def all_services(self) -> list:
+        """What `down` stops and `status` shows: also the secured server, when it runs."""
+        if self.settings.secure or self.secure_mongo.daemon.pid() is not None:
+            return [self.postgres, self.mongo, self.secure_mongo, self.kafka, self.smtp, self.crm]
+        return self.services
 
     def install(self) -> None:
         """Download and build what the services need (cached; a no-op when warm)."""
@@ -227,9 +281,12 @@ class LocalStack:
 
     def up(self, report: Callable[[str, float], None] = lambda name, seconds: None) -> None:
         """Start every service not already running, then create the project's topics."""
-        self.settings.state_dir.mkdir(parents=True, exist_ok=True)
+        self.postgres.prepare_state_dir()
+        restrict_tree(self.settings.state_dir)  # what an earlier version left open
         for service in self.services:
             started = time.monotonic()
+            if service is self.secure_mongo and service.needs_postgres:
+                self.postgres.ensure_database(SECURE_FERRETDB_DATABASE)
             service.up()
             report(service.name, time.monotonic() - started)
         started = time.monotonic()
@@ -254,21 +311,25 @@ class LocalStack:
 
     def down(self) -> list[str]:
         """Stop, in reverse order, exactly the processes this stack started."""
-        return [service.name for service in reversed(self.services) if service.down()]
+        return [service.name for service in reversed(self.all_services) if service.down()]
 
     def status(self) -> list[ServiceStatus]:
+        kafka = self.kafka.bootstrap_servers
+        if self.kafka.sasl_bootstrap_servers:
+            kafka += f", SASL_SSL {self.kafka.sasl_bootstrap_servers}"
         addresses = {
             "postgres": self.postgres.url_base,
-            "mongo": self.mongo.uri,
-            "kafka": self.kafka.bootstrap_servers,
+            "mongo": self.mongo.anonymous_uri,
+            "secure-mongo": f"{self.secure_mongo.anonymous_uri} (user {AUTH_USER})",
+            "kafka": kafka,
             "smtp": f"{self.smtp.host}:{self.smtp.port}",
             "crm": f"{self.crm.url} (test double)",
         }
         result = []
-        for service in self.services:
+        for service in self.all_services:
             pid = service.daemon.pid()
-            if service is self.mongo:
-                state = self.mongo.state()
+            if isinstance(service, MongoWire):
+                state = service.state()
             else:
                 state = "running" if pid is not None else "stopped"
             result.append(
@@ -309,13 +370,26 @@ class LocalStack:
         if p.aws_endpoint_url:
             values["AWS_ENDPOINT_URL"] = p.aws_endpoint_url
         # The CRM double speaks plain HTTP: a bearer token may go to it, on loopback only.
-        import ipaddress
-
-        host = self.crm.host
-        try:
-            loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
-        except ValueError:
-            loopback = False
-        if loopback:
+        if is_loopback(self.crm.host):
             values["LEAD_API_ALLOW_HTTP"] = "true"
         return values
+
+    def secure_env(self) -> dict[str, str]:
+        """`env()` pointed at the secured pieces: the SASL_SSL listener with its SCRAM user and
+        CA, and the MongoDB-wire server that requires its user (`stack env --secure`)."""
+        sasl = self.kafka_sasl
+        if not sasl.ca_file.exists():
+            raise ServiceError(
+                "the secured services were never started: run "
+                "`STACK_SECURE=true enrollment-pipeline stack up` first"
+            )
+        return {
+            **self.env(),
+            "KAFKA_BOOTSTRAP_SERVERS": f"{self.settings.host}:{sasl.port}",
+            "KAFKA_SECURITY_PROTOCOL": "SASL_SSL",
+            "KAFKA_SASL_MECHANISM": SASL_MECHANISM,
+            "KAFKA_SASL_USERNAME": SASL_USER,
+            "KAFKA_SASL_PASSWORD": sasl.password,
+            "KAFKA_SSL_CAFILE": str(sasl.ca_file),
+            "MONGO_URI": self.secure_mongo.uri,
+        }

@@ -8,6 +8,13 @@ the measurements behind the default):
   holds one backend connection per statement until it ends.
 - `ferretdb-stock`: the same release without patches (every query scans the collection).
 - `ferretdb-sqlite`: the patched build on its SQLite backend (no PostgreSQL needed).
+
+With `auth` (STACK_SECURE), a second server in `{state}/secure-mongo` requires a user and
+password: FerretDB v1 in its SCRAM mode (`--test-enable-new-auth`: every command but the
+handshake, `ping` and `buildInfo` needs an authenticated connection; the user is created by
+`--setup-*` on the first start, in the `admin` database), or `mongod --auth` (the user is
+created through its localhost exception). Its FerretDB keeps its data in a PostgreSQL database
+of its own (`ferretdb_secure`), since two FerretDB processes must not share one.
 """
 
 from __future__ import annotations
@@ -18,9 +25,17 @@ import os
 import shutil
 import subprocess
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
-from enrollment_pipeline.stack.process import Daemon, ServiceError, port_open, run_checked
+from enrollment_pipeline.stack.process import (
+    Daemon,
+    ServiceError,
+    port_open,
+    private_dir,
+    run_checked,
+    stored_secret,
+)
 
 FERRETDB_MODULE = "github.com/FerretDB/FerretDB"
 FERRETDB_ENGINES = ("ferretdb", "ferretdb-stock", "ferretdb-sqlite")
@@ -32,6 +47,20 @@ PATCHES_DIR = Path(__file__).parent / "patches"
 FERRETDB_POOL_MAX_CONNS = 200
 # How long a health check waits for `ping`: a server that takes longer is hung.
 PING_TIMEOUT_MS = 3_000
+# The user of the secured server, and the database that holds it (the URI's authSource).
+AUTH_USER = "enrollment"
+AUTH_SOURCE = "admin"
+
+
+@dataclass(frozen=True)
+class MongoAuth:
+    """Where the secured server's password is kept."""
+
+    password_file: Path
+
+    @property
+    def password(self) -> str:
+        return stored_secret(self.password_file)
 
 
 def choose_engine(engine: str) -> str:
@@ -78,9 +107,12 @@ class MongoWire:
         port: int,
         postgres_url: str,
         timeout_s: float,
+        auth: MongoAuth | None = None,
     ) -> None:
         self.engine = choose_engine(engine)
-        self.dir = state_dir / "mongo"
+        self.auth = auth
+        self.name = "secure-mongo" if auth else "mongo"
+        self.dir = state_dir / self.name
         self.host, self.port, self.timeout_s = host, port, timeout_s
         self.ferretdb_version = ferretdb_version
         self.ferretdb_bin = (
@@ -90,9 +122,9 @@ class MongoWire:
         )
         self.postgres_url = postgres_url
         self.daemon = Daemon(
-            name=f"mongo ({self.engine})",
-            pid_file=state_dir / "run" / "mongo.pid",
-            log_file=state_dir / "logs" / "mongo.log",
+            name=f"{self.name} ({self.engine})",
+            pid_file=state_dir / "run" / f"{self.name}.pid",
+            log_file=state_dir / "logs" / f"{self.name}.log",
             marker=str(self.dir),
         )
 
@@ -101,8 +133,20 @@ class MongoWire:
         return self.engine in ("ferretdb", "ferretdb-stock")
 
     @property
-    def uri(self) -> str:
+    def anonymous_uri(self) -> str:
         return f"mongodb://{self.host}:{self.port}/"
+
+    @property
+    def uri(self) -> str:
+        """The clients' URI: with the user and password (a secret) for the secured server."""
+        if self.auth is None:
+            return self.anonymous_uri
+        # The path names the authSource (no `?`: `export $(stack env --secure)` takes it as is).
+        return f"mongodb://{AUTH_USER}:{self.auth.password}@{self.host}:{self.port}/{AUTH_SOURCE}"
+
+    @property
+    def port_setting(self) -> str:
+        return "STACK_MONGO_SECURE_PORT" if self.auth else "STACK_MONGO_PORT"
 
     def install(self) -> None:
         """Build FerretDB from the Go module proxy once per build (mongod needs nothing)."""
@@ -175,14 +219,17 @@ class MongoWire:
             self.is_ready,
             host=self.host,
             port=self.port,
-            setting="STACK_MONGO_PORT",
+            setting=self.port_setting,
             timeout_s=self.timeout_s,
         ):
+            self._check_user()
             return
         self.install()
-        self.dir.mkdir(parents=True, exist_ok=True)
+        private_dir(self.dir)
+        # Secrets go by environment (readable by the owner only), never on a command line.
+        env = {"DO_NOT_TRACK": "1"}
         if self.engine == "mongod":
-            (self.dir / "db").mkdir(exist_ok=True)
+            private_dir(self.dir / "db")
             argv = [
                 "mongod",
                 "--dbpath",
@@ -191,15 +238,24 @@ class MongoWire:
                 self.host,
                 "--port",
                 str(self.port),
+                *(["--auth"] if self.auth else []),
             ]
         else:
             assert self.ferretdb_bin is not None
             if self.engine == "ferretdb-sqlite":
-                (self.dir / "sqlite").mkdir(exist_ok=True)
+                private_dir(self.dir / "sqlite")
                 backend = ["--handler=sqlite", f"--sqlite-url=file:{self.dir / 'sqlite'}/"]
             else:
                 pool = f"pool_max_conns={FERRETDB_POOL_MAX_CONNS}"
-                backend = ["--handler=postgresql", f"--postgresql-url={self.postgres_url}?{pool}"]
+                backend = ["--handler=postgresql"]
+                env["FERRETDB_POSTGRESQL_URL"] = f"{self.postgres_url}?{pool}"
+            if self.auth:
+                backend += [
+                    "--test-enable-new-auth",
+                    f"--setup-database={AUTH_SOURCE}",
+                    f"--setup-username={AUTH_USER}",
+                ]
+                env["FERRETDB_SETUP_PASSWORD"] = self.auth.password
             argv = [
                 str(self.ferretdb_bin),
                 f"--listen-addr={self.host}:{self.port}",
@@ -209,8 +265,43 @@ class MongoWire:
                 "--debug-addr=-",
                 "--log-level=error",  # WARN logs a full dump of every unsupported endSessions
             ]
-        proc = self.daemon.start(argv, env={"DO_NOT_TRACK": "1"})
+        proc = self.daemon.start(argv, env=env)
         self.daemon.wait_ready(proc, self.is_ready, timeout_s=self.timeout_s)
+        self._check_user()
+
+    def _check_user(self) -> None:
+        """The secured server takes its user's password (mongod: the user is created first)."""
+        if self.auth is None:
+            return
+        from pymongo import MongoClient
+        from pymongo.errors import OperationFailure
+
+        def authenticated_ping() -> None:
+            with MongoClient(self.uri, serverSelectionTimeoutMS=PING_TIMEOUT_MS) as client:
+                client.admin.command("ping")
+
+        try:
+            authenticated_ping()
+            return
+        except OperationFailure as exc:
+            if self.engine != "mongod":
+                raise ServiceError(
+                    f"{self.name}: the server refuses its user {AUTH_USER!r} with the password "
+                    f"in {self.auth.password_file} ({exc.code}); FerretDB creates the user on "
+                    f"its first start only: remove its data (PostgreSQL database "
+                    f"ferretdb_secure, or {self.dir}) to start again"
+                ) from exc
+        with MongoClient(self.anonymous_uri, serverSelectionTimeoutMS=PING_TIMEOUT_MS) as client:
+            try:  # mongod's localhost exception: the first user may be created anonymously
+                client.admin.command(
+                    "createUser", AUTH_USER, pwd=self.auth.password, roles=["root"]
+                )
+            except OperationFailure as exc:
+                raise ServiceError(
+                    f"{self.name}: mongod refuses its user {AUTH_USER!r} with the password in "
+                    f"{self.auth.password_file} and cannot create it ({exc.code})"
+                ) from exc
+        authenticated_ping()
 
     def is_ready(self) -> bool:
         """Listens and answers `ping` within PING_TIMEOUT_MS (a hung server does not)."""
@@ -219,7 +310,7 @@ class MongoWire:
         from pymongo import MongoClient
 
         with MongoClient(
-            self.uri,
+            self.anonymous_uri,  # `ping` needs no user, also on the secured server
             serverSelectionTimeoutMS=PING_TIMEOUT_MS,
             connectTimeoutMS=PING_TIMEOUT_MS,
             socketTimeoutMS=PING_TIMEOUT_MS,

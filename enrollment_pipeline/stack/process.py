@@ -4,18 +4,28 @@
 process) must stop exactly what it started. Test-oriented launchers such as mirakuru kill
 their children when the launching interpreter exits, so the stack keeps its own pid files
 and checks `/proc/<pid>/cmdline` before it signals anything, so a recycled pid is never hit.
+
+The state folder holds personal data (events, emails, leads) and secrets: every folder the
+stack makes is its owner's only (0700), every file 0600, and its servers run with umask 077.
 """
 
 from __future__ import annotations
 
 import os
+import pwd
+import secrets
 import signal
 import socket
+import stat
 import subprocess
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, BinaryIO
+
+# What the stack's servers and set-up commands create is readable by their owner only.
+PRIVATE_UMASK = 0o077
 
 
 class ServiceError(RuntimeError):
@@ -60,10 +70,10 @@ class Daemon:
         cwd: Path | None = None,
         user: str | None = None,
     ) -> subprocess.Popen:
-        """Start the process detached (own session), output appended to the log file."""
-        self.log_file.parent.mkdir(parents=True, exist_ok=True)
-        self.pid_file.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.log_file, "ab") as log:
+        """Start the process detached (own session), output appended to the log file; what
+        it creates is its owner's only (umask 077)."""
+        private_dir(self.pid_file.parent)
+        with private_append(self.log_file) as log:
             log.write(f"\n--- {time.strftime('%Y-%m-%dT%H:%M:%S')} starting {self.name}\n".encode())
             log.flush()
             try:
@@ -75,18 +85,18 @@ class Daemon:
                     env={**os.environ, **(env or {})},
                     cwd=cwd,
                     start_new_session=True,
-                    user=user,
+                    umask=PRIVATE_UMASK,
+                    **as_user(user),
                 )
             except OSError as exc:
                 raise ServiceError(f"{self.name}: cannot run {argv[0]!r}: {exc}") from exc
-        self.pid_file.write_text(str(proc.pid))
+        write_private(self.pid_file, str(proc.pid))
         return proc
 
     def log(self, message: str) -> None:
         """One line in the service's log, e.g. why the stack restarted it."""
-        self.log_file.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.log_file, "a") as log:
-            log.write(f"--- {time.strftime('%Y-%m-%dT%H:%M:%S')} {message}\n")
+        with private_append(self.log_file) as log:
+            log.write(f"--- {time.strftime('%Y-%m-%dT%H:%M:%S')} {message}\n".encode())
 
     def already_up(
         self, is_ready: Callable[[], bool], *, host: str, port: int, setting: str, timeout_s: float
@@ -170,9 +180,10 @@ def tail(path: Path, lines: int = 25) -> str:
 def run_checked(
     name: str, argv: Sequence[str], *, log_file: Path, timeout_s: float = 900, **kwargs
 ) -> None:
-    """Run a set-up command (download, build, format) to completion, output to the log."""
-    log_file.parent.mkdir(parents=True, exist_ok=True)
-    with open(log_file, "ab") as log:
+    """Run a set-up command (download, build, format) to completion, output to the log.
+
+    Commands that write into the state folder pass `umask=PRIVATE_UMASK`."""
+    with private_append(log_file) as log:
         log.write(f"\n--- {time.strftime('%Y-%m-%dT%H:%M:%S')} {' '.join(argv)}\n".encode())
         log.flush()
         try:
@@ -194,6 +205,73 @@ def run_checked(
             f"{name}: `{' '.join(argv[:3])} …` failed with exit code {result.returncode}; "
             f"see its log {log_file}:\n" + tail(log_file)
         )
+
+
+def as_user(user: str | None) -> dict[str, Any]:
+    """subprocess arguments to run as `user` with that user's own group and none of ours
+    (`user=` alone keeps root's groups)."""
+    if user is None:
+        return {}
+    return {"user": user, "group": pwd.getpwnam(user).pw_gid, "extra_groups": []}
+
+
+def private_dir(path: Path) -> Path:
+    """`path` as a folder of its owner only (0700), with any missing parents made the same."""
+    missing = []
+    for folder in (path, *path.parents):
+        if folder.is_dir():
+            break
+        missing.append(folder)
+    for folder in reversed(missing):
+        folder.mkdir(mode=0o700, exist_ok=True)
+    path.chmod(0o700)  # mkdir's mode passes through the umask; an older folder may be open
+    return path
+
+
+def private_append(path: Path) -> BinaryIO:
+    """`path` opened for appending, created 0600 (and made 0600 if it was older and open)."""
+    private_dir(path.parent)
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    os.fchmod(fd, 0o600)
+    return os.fdopen(fd, "ab")
+
+
+def write_private(path: Path, text: str) -> None:
+    """Write `path` whole, readable by its owner only (0600), through a rename."""
+    private_dir(path.parent)
+    staged = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(staged, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(text)
+    staged.replace(path)
+
+
+def stored_secret(path: Path) -> str:
+    """The secret kept in `path` (0600), generated on first use: 32 URL-safe characters."""
+    try:
+        value = path.read_text().strip()
+    except FileNotFoundError:
+        value = ""
+    if not value:
+        value = secrets.token_urlsafe(24)
+        write_private(path, value + "\n")
+    return value
+
+
+def restrict_tree(root: Path) -> None:
+    """Take group and other permissions off everything below `root` (not `root` itself):
+    folders and files a stack of an earlier version left readable by others."""
+    for folder, dirs, files in os.walk(root):
+        for name in dirs + files:
+            path = os.path.join(folder, name)
+            try:
+                mode = os.lstat(path).st_mode
+                if stat.S_ISLNK(mode) or stat.S_ISSOCK(mode):
+                    continue  # a link has no mode of its own; PostgreSQL sets its socket's
+                if mode & 0o077:
+                    os.chmod(path, stat.S_IMODE(mode) & 0o700)
+            except FileNotFoundError:
+                pass  # a server removed it meanwhile
 
 
 def _cmdline(pid: int) -> str | None:

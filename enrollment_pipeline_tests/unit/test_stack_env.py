@@ -42,5 +42,45 @@ def test_stack_env_lets_a_token_go_to_the_loopback_crm_double_over_http(monkeypa
     ).check_config()
 
     monkeypatch.setenv("STACK_HOST", "10.0.0.5")  # a double reached over a network: no
+    monkeypatch.setenv("STACK_ALLOW_REMOTE", "true")
     result = CliRunner().invoke(main, ["stack", "env"])
+    assert result.exit_code == 0, result.output
     assert "LEAD_API_ALLOW_HTTP" not in result.output
+
+
+def test_a_non_loopback_stack_host_is_refused_in_one_line_naming_stack_allow_remote(
+    monkeypatch, tmp_path
+):
+    monkeypatch.setenv("STACK_STATE_DIR", str(tmp_path))
+    monkeypatch.setenv("STACK_HOST", "10.0.0.5")
+    for command in (["stack", "up"], ["stack", "env"], ["stack", "status"]):
+        result = CliRunner().invoke(main, command)
+        assert result.exit_code == 1, result.output
+        (line,) = result.output.strip().splitlines()
+        assert "STACK_HOST=10.0.0.5" in line and "STACK_ALLOW_REMOTE=true" in line
+    assert not any(tmp_path.iterdir())  # refused before anything was made
+
+
+def test_stack_env_gives_postgres_its_generated_password_kept_for_the_owner_only(
+    monkeypatch, tmp_path
+):
+    monkeypatch.setenv("STACK_STATE_DIR", str(tmp_path))
+    result = CliRunner().invoke(main, ["stack", "env"])
+    assert result.exit_code == 0, result.output
+    pairs = dict(line.split("=", 1) for line in result.output.splitlines())
+    kept = tmp_path / "secrets" / "postgres-password"
+    password = kept.read_text().strip()
+    assert len(password) >= 32
+    assert pairs["DAGSTER_PG_URL"].startswith(f"postgresql://enrollment:{password}@127.0.0.1:")
+    assert kept.stat().st_mode & 0o777 == 0o600
+    assert kept.parent.stat().st_mode & 0o777 == 0o700
+    again = CliRunner().invoke(main, ["stack", "env"])
+    assert again.output == result.output  # generated once, then kept
+
+
+def test_stack_env_secure_before_the_secured_stack_ran_says_how_to_start_it(monkeypatch, tmp_path):
+    monkeypatch.setenv("STACK_STATE_DIR", str(tmp_path))
+    result = CliRunner().invoke(main, ["stack", "env", "--secure"])
+    assert result.exit_code == 1
+    (line,) = result.output.strip().splitlines()
+    assert "STACK_SECURE=true enrollment-pipeline stack up" in line

@@ -5,10 +5,19 @@ Delivery guarantee: `produce_batch` returns only when every record is acknowledg
 in-sync replicas (each send's future is checked; `flush()` alone does not raise), so callers
 may commit offsets after it. `read_range` reads exactly `[start, end)` with assign/seek, no
 group membership, so a run never triggers a rebalance.
+
+Security settings are checked before any connection: an incomplete set (SASL without a user,
+a CA file that is not there) is one `KafkaConfigError` naming the variables, at once. With TLS
+or SASL, the first connection of a client is watched, so a certificate the CA does not trust
+or a refused login is one `KafkaAuthenticationError` naming the setting (never the secret),
+at once, rather than a bootstrap timeout.
 """
 
 from __future__ import annotations
 
+import os
+import socket
+import ssl
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -34,6 +43,21 @@ _retry_coordinator = retry(
 
 class KafkaUnavailableError(RuntimeError):
     """The cluster did not answer; the message names the setting to check."""
+
+
+class KafkaConfigError(ValueError):
+    """The KAFKA_* security settings are incomplete or contradict each other; the message
+    names the variables."""
+
+
+class KafkaAuthenticationError(KafkaUnavailableError):
+    """The cluster answered but refused the TLS handshake or the login; the message names the
+    setting to check, never its value."""
+
+
+PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
+# The mechanisms a user name and password configure (KAFKA_SASL_USERNAME/PASSWORD).
+SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
 
 
 class OffsetOutOfRangeError(RuntimeError):
@@ -81,6 +105,53 @@ class KafkaConfig:
             ssl_cafile=settings.kafka_ssl_cafile,
         )
 
+    def problems(self) -> list[str]:
+        """What is missing or contradictory in the security settings, by variable name."""
+        protocol = self.security_protocol
+        if protocol not in PROTOCOLS:
+            return [f"KAFKA_SECURITY_PROTOCOL={protocol} is not one of {', '.join(PROTOCOLS)}"]
+        found = []
+        given = {
+            "KAFKA_SASL_MECHANISM": self.sasl_mechanism,
+            "KAFKA_SASL_USERNAME": self.sasl_username,
+            "KAFKA_SASL_PASSWORD": self.sasl_password,
+        }
+        if protocol.startswith("SASL_"):
+            missing = [name for name, value in given.items() if not value]
+            if missing:
+                found.append(f"KAFKA_SECURITY_PROTOCOL={protocol} needs {' and '.join(missing)}")
+            if self.sasl_mechanism and self.sasl_mechanism not in SASL_MECHANISMS:
+                found.append(
+                    f"KAFKA_SASL_MECHANISM={self.sasl_mechanism} is not one of "
+                    f"{', '.join(SASL_MECHANISMS)}"
+                )
+        else:
+            unused = [name for name, value in given.items() if value]
+            if unused:
+                found.append(
+                    f"{' and '.join(unused)} set, but KAFKA_SECURITY_PROTOCOL={protocol} does not "
+                    "log in (SASL_SSL or SASL_PLAINTEXT does)"
+                )
+        if self.ssl_cafile:
+            if not protocol.endswith("SSL"):
+                found.append(
+                    f"KAFKA_SSL_CAFILE set, but KAFKA_SECURITY_PROTOCOL={protocol} does not use "
+                    "TLS (SSL or SASL_SSL does)"
+                )
+            elif not os.path.isfile(self.ssl_cafile):
+                found.append(f"KAFKA_SSL_CAFILE={self.ssl_cafile} is not a file")
+            elif not os.access(self.ssl_cafile, os.R_OK):
+                found.append(f"KAFKA_SSL_CAFILE={self.ssl_cafile} cannot be read")
+        return found
+
+    def check(self) -> None:
+        """Raise `KafkaConfigError` naming every problem of `problems()`, before connecting."""
+        found = self.problems()
+        if found:
+            raise KafkaConfigError(
+                f"Kafka settings for {self.bootstrap_servers} are incomplete: " + "; ".join(found)
+            )
+
 
 class KafkaClient:
     """Topics, end offsets, exact-range reads, batch produce and group offsets of one cluster.
@@ -94,6 +165,7 @@ class KafkaClient:
         self._admin_client: KafkaAdminClient | None = None
         self._metadata_consumer: KafkaConsumer | None = None
         self._producer: KafkaProducer | None = None
+        self._login_checked = False
 
     @classmethod
     def from_settings(cls, settings: KafkaSettings) -> KafkaClient:
@@ -118,7 +190,9 @@ class KafkaClient:
         self._admin_client = self._metadata_consumer = self._producer = None
 
     def _common(self) -> dict[str, Any]:
+        """The connection settings of every kafka-python client, checked first."""
         c = self.config
+        c.check()
         config: dict[str, Any] = {
             "bootstrap_servers": c.bootstrap_servers.split(","),
             "security_protocol": c.security_protocol,
@@ -134,7 +208,98 @@ class KafkaClient:
             )
         if c.ssl_cafile:
             config["ssl_cafile"] = c.ssl_cafile
+        if c.security_protocol != "PLAINTEXT" and not self._login_checked:
+            if c.security_protocol.endswith("SSL"):
+                self._check_tls()
+            if c.security_protocol.startswith("SASL_"):
+                self._check_login(config)
+            self._login_checked = True
         return config
+
+    def _check_tls(self) -> None:
+        """One TLS handshake with the first broker that answers, verified as kafka-python
+        verifies it: an untrusted certificate or a port without TLS is named at once."""
+        c = self.config
+        context = ssl.create_default_context(cafile=c.ssl_cafile)
+        timeout_s = c.bootstrap_timeout_ms / 1000
+        for server in c.bootstrap_servers.split(","):
+            host, _, port = server.strip().rpartition(":")
+            host = host.strip("[]")
+            try:
+                with (
+                    socket.create_connection((host, int(port)), timeout=timeout_s) as raw,
+                    context.wrap_socket(raw, server_hostname=host),
+                ):
+                    return
+            except ssl.SSLCertVerificationError as exc:
+                raise KafkaAuthenticationError(
+                    f"Kafka at {c.bootstrap_servers}: the broker's certificate is not trusted "
+                    f"({exc.verify_message}); check KAFKA_SSL_CAFILE (a PEM bundle of the CA "
+                    "that signed it) and that KAFKA_BOOTSTRAP_SERVERS names the host it is for"
+                ) from None
+            except ssl.SSLError as exc:
+                raise KafkaAuthenticationError(
+                    f"Kafka at {c.bootstrap_servers} did not complete a TLS handshake "
+                    f"({exc.reason or type(exc).__name__}); check KAFKA_SECURITY_PROTOCOL "
+                    "(is this a PLAINTEXT listener?) and KAFKA_BOOTSTRAP_SERVERS"
+                ) from None
+            except (OSError, ValueError):
+                continue  # unreachable: the client's own attempt reports it
+
+    def _check_login(self, config: dict[str, Any]) -> None:
+        """Open one connection to a bootstrap broker and await its SASL login: a refusal fails
+        at once, naming the settings.
+
+        kafka-python retries a refused login until its bootstrap timeout and then reports only
+        a timeout, so the first connection is made here with its connection manager. Should
+        that internal API change, the check is skipped (the client then fails by timeout).
+        """
+        from kafka.errors import SaslAuthenticationFailedError
+        from kafka.net.compat import KafkaNetClient
+
+        c = self.config
+        client = KafkaNetClient(**config)
+        deadline = time.monotonic() + c.bootstrap_timeout_ms / 1000
+        try:
+            manager = client._manager
+            client._net.start()
+            broker = manager.cluster.bootstrap_brokers()[0]
+
+            async def login() -> None:
+                connection = manager.get_connection(
+                    broker.node_id,
+                    timeout_ms=max(0.0, deadline - time.monotonic()) * 1000,
+                    pop_on_close=False,
+                    refresh_metadata_on_err=False,
+                    reset_backoff_on_connect=False,
+                )
+                try:
+                    await connection
+                except Exception as exc:
+                    manager._conns.pop(broker.node_id, connection).close(exc)  # as bootstrap does
+                    raise
+
+            failure: Exception | None = None
+            while time.monotonic() < deadline:
+                try:
+                    manager.run(login)
+                    return
+                except SaslAuthenticationFailedError:
+                    raise KafkaAuthenticationError(
+                        f"Kafka at {c.bootstrap_servers} refused the login of "
+                        f"KAFKA_SASL_USERNAME={c.sasl_username} ({c.sasl_mechanism}); check "
+                        "KAFKA_SASL_PASSWORD, KAFKA_SASL_USERNAME and KAFKA_SASL_MECHANISM"
+                    ) from None
+                except (KafkaError, OSError) as exc:
+                    failure = exc  # not there, or the connection broke before the answer
+                    time.sleep(0.2)
+            if failure is not None:
+                raise self._unavailable(failure)
+        except (AttributeError, TypeError, IndexError):
+            return  # kafka-python's internals moved: no early check
+        finally:
+            client.close()
+            client._net.stop()
 
     def _unavailable(self, exc: Exception) -> KafkaUnavailableError:
         return KafkaUnavailableError(

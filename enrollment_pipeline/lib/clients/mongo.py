@@ -14,7 +14,12 @@ from dataclasses import dataclass
 
 from pymongo import MongoClient
 from pymongo.database import Database
-from pymongo.errors import ConnectionFailure, PyMongoError, ServerSelectionTimeoutError
+from pymongo.errors import (
+    ConnectionFailure,
+    OperationFailure,
+    PyMongoError,
+    ServerSelectionTimeoutError,
+)
 
 from enrollment_pipeline.lib.mongo.collections import INDEXES, Document
 from enrollment_pipeline.lib.mongo.writes import (
@@ -27,6 +32,16 @@ from enrollment_pipeline.settings import MongoSettings
 
 class MongoUnavailableError(RuntimeError):
     """The server did not answer; the message names the server and the setting to check."""
+
+
+class MongoAuthenticationError(MongoUnavailableError):
+    """The server refused the credentials of MONGO_URI, or requires some; the message names
+    the setting, never the credentials."""
+
+
+# MongoDB's codes for a refused login and for a command that needs an authenticated user.
+AUTHENTICATION_FAILED = 18
+UNAUTHORIZED = 13
 
 
 @dataclass(frozen=True)
@@ -134,10 +149,32 @@ class MongoConnection:
         """Turn a timeout or a lost server into an error naming the server and the setting."""
         try:
             yield
+        except OperationFailure as exc:
+            if exc.code not in (AUTHENTICATION_FAILED, UNAUTHORIZED):
+                raise
+            raise MongoAuthenticationError(self.refused_message(exc)) from None
         except PyMongoError as exc:
             if not (exc.timeout or isinstance(exc, ConnectionFailure)):
                 raise
             raise MongoUnavailableError(self.unavailable_message(exc)) from exc
+
+    def refused_message(self, exc: OperationFailure) -> str:
+        """One line for a refused login or an unauthenticated command (no credentials)."""
+        server = redacted_uri(self.config.uri)
+        if exc.code == AUTHENTICATION_FAILED:
+            return (
+                f"MongoDB at {server} refused the user and password of MONGO_URI "
+                "(AuthenticationFailed); check the credentials in MONGO_URI (and its authSource)"
+            )
+        if "@" not in self.config.uri.partition("://")[2].split("/")[0]:
+            return (
+                f"MongoDB at {server} requires authentication (Unauthorized); put a user and "
+                "password in MONGO_URI (mongodb://user:password@host/?authSource=admin)"
+            )
+        return (
+            f"MongoDB at {server} refused a command to the user of MONGO_URI (Unauthorized); "
+            "check that user's roles on MONGO_DATABASE"
+        )
 
     def unavailable_message(self, exc: PyMongoError) -> str:
         c = self.config
