@@ -14,6 +14,7 @@ from enrollment_pipeline.defs.pools import READ_MODEL_POOL
 from enrollment_pipeline.defs.settings.resources import PipelineSettingsResource
 from enrollment_pipeline.lib.backfill import backfill_days
 from enrollment_pipeline.lib.mongo.store import EnrollmentStore
+from enrollment_pipeline.lib.settings_errors import load
 from enrollment_pipeline.settings import ArchiveSettings
 
 
@@ -30,7 +31,7 @@ def archive_spec() -> dg.AssetSpec:
 
 def archive_partitions() -> dg.DailyPartitionsDefinition:
     """One partition per archive day (UTC), from ARCHIVE_START_DATE."""
-    start = ArchiveSettings().archive_start_date
+    start = load(ArchiveSettings).archive_start_date
     return dg.DailyPartitionsDefinition(start_date=start.isoformat(), timezone="UTC")
 
 

@@ -15,6 +15,7 @@ import dagster as dg
 
 from enrollment_pipeline.domain.followup_rules import FollowupPolicy, parse_quiet_hours
 from enrollment_pipeline.lib.leads.delivery import LeadDeliveryPolicy
+from enrollment_pipeline.lib.settings_errors import load
 from enrollment_pipeline.settings import PipelineSettings
 
 
@@ -68,5 +69,5 @@ class PipelineSettingsResource(dg.ConfigurableResource):
 @dg.definitions
 def defs() -> dg.Definitions:
     return dg.Definitions(
-        resources={"settings": PipelineSettingsResource.from_settings(PipelineSettings())}
+        resources={"settings": PipelineSettingsResource.from_settings(load(PipelineSettings))}
     )
