@@ -8,14 +8,19 @@ import time
 
 import click
 
-from enrollment_pipeline.cli.output import console, print_table, report_started
-from enrollment_pipeline.settings import PipelineSettings, StackSettings
+from enrollment_pipeline.cli.output import console, print_json, print_table, report_started
+from enrollment_pipeline.lib.settings_errors import check
+from enrollment_pipeline.settings import KafkaSettings, StackSettings
 from enrollment_pipeline.stack.local import LocalStack
 from enrollment_pipeline.stack.process import ServiceError
 
+JSON = click.option("--json", "as_json", is_flag=True, help="One JSON document, for scripts.")
+
 
 def _stack() -> LocalStack:
-    return LocalStack(StackSettings(), PipelineSettings())
+    """The stack's settings and Kafka's only: no other group can stop a `stack` command."""
+    check(StackSettings, KafkaSettings)
+    return LocalStack(StackSettings(), KafkaSettings())
 
 
 @click.group()
@@ -26,12 +31,20 @@ def stack() -> None:
     Settings: STACK_STATE_DIR, STACK_CACHE_DIR, STACK_KAFKA_PORT, STACK_MONGO_PORT,
     STACK_POSTGRES_PORT, STACK_SMTP_PORT, STACK_CRM_PORT, STACK_MONGO_ENGINE
     (auto|mongod|ferretdb).
+
+    \b
+    Example:
+      enrollment-pipeline stack up && export $(enrollment-pipeline stack env)
     """
 
 
 @stack.command("up")
 def stack_up() -> None:
-    """Install (cached), start every service, wait until each answers, create the topics."""
+    """Install (cached), start every service, wait until each answers, create the topics.
+
+    Services already running are kept. Example: `STACK_KAFKA_PORT=19092 enrollment-pipeline
+    stack up`.
+    """
     local = _stack()
     started = time.monotonic()
     console.print(f"Starting the local stack (state in {local.settings.state_dir})")
@@ -48,15 +61,40 @@ def stack_up() -> None:
 
 @stack.command("down")
 def stack_down() -> None:
-    """Stop exactly the processes `stack up` started (data is kept)."""
+    """Stop exactly the processes `stack up` started (data is kept).
+
+    Example: `enrollment-pipeline stack down`.
+    """
     stopped = _stack().down()
     console.print("Stopped: " + (", ".join(stopped) if stopped else "nothing was running"))
 
 
 @stack.command("status")
-def stack_status() -> None:
-    """What runs where, with each service's log file."""
+@JSON
+def stack_status(as_json: bool) -> None:
+    """What runs where, with each service's log file; exit code 3 when one is not running.
+
+    Example: `enrollment-pipeline stack status --json`.
+    """
     rows = _stack().status()
+    if as_json:
+        print_json(
+            {
+                "services": [
+                    {
+                        "service": row.name,
+                        "state": row.state,
+                        "pid": row.pid,
+                        "address": row.address,
+                        "log": str(row.log_file),
+                    }
+                    for row in rows
+                ]
+            }
+        )
+        if not all(row.running for row in rows):
+            sys.exit(3)
+        return
     print_table(
         "service",
         "state",
@@ -82,18 +120,41 @@ def stack_status() -> None:
 
 @stack.command("env")
 def stack_env() -> None:
-    """Print KEY=VALUE lines for the running stack: `export $(enrollment-pipeline stack env)`."""
+    """Print KEY=VALUE lines for the running stack: `export $(enrollment-pipeline stack env)`.
+
+    Paths are absolute (ARCHIVE_ROOT, DAGSTER_HOME: the demo's instance, so `status` and
+    `offsets reset` see its runs). Values you set yourself (topics, MONGO_DATABASE,
+    ARCHIVE_ROOT, follow-up limits) are repeated as set.
+    """
     for key, value in _stack().env().items():
         click.echo(f"{key}={shlex.quote(value)}")
 
 
 @stack.command("mail")
 @click.option("--limit", type=int, default=20, show_default=True)
-def stack_mail(limit: int) -> None:
-    """The emails the local SMTP sink caught, newest first (files in {state}/mail/new)."""
+@JSON
+def stack_mail(limit: int, as_json: bool) -> None:
+    """The emails the local SMTP sink caught, newest first (files in {state}/mail/new).
+
+    Example: `enrollment-pipeline stack mail --limit 5`.
+    """
     smtp = _stack().smtp
     messages = smtp.messages()
-    console.print(f"{len(messages)} emails in {smtp.maildir / 'new'}")
+    if as_json:
+        print_json(
+            {
+                "count": len(messages),
+                "maildir": str(smtp.maildir / "new"),
+                "emails": [
+                    {"date": m.sent, "to": m.to, "subject": m.subject, "file": str(m.path)}
+                    for m in messages[:limit]
+                ],
+            }
+        )
+        return
+    console.print(
+        f"{min(limit, len(messages))} of {len(messages)} emails in {smtp.maildir / 'new'}"
+    )
     print_table(
         "date",
         "to",
@@ -105,8 +166,12 @@ def stack_mail(limit: int) -> None:
 
 @stack.command("leads")
 @click.option("--limit", type=int, default=20, show_default=True)
-def stack_leads(limit: int) -> None:
-    """The leads the local CRM test double took, newest first."""
+@JSON
+def stack_leads(limit: int, as_json: bool) -> None:
+    """The leads the local CRM test double took, newest first (no contact values shown).
+
+    Example: `enrollment-pipeline stack leads --json`.
+    """
     import requests
 
     crm = _stack().crm
@@ -114,7 +179,18 @@ def stack_leads(limit: int) -> None:
         body = crm.leads()
     except requests.RequestException as exc:
         raise click.ClickException(f"the local CRM at {crm.url} did not answer: {exc}") from exc
-    console.print(f"{body['count']} leads at {crm.url} (test double)")
+    newest = list(reversed(body["leads"][-limit:]))
+    if as_json:
+        fields = ("application_id", "lead_status", "occurred_at", "lead_event_id", "product")
+        print_json(
+            {
+                "count": body["count"],
+                "crm": crm.url,
+                "leads": [{k: lead.get(k) for k in fields} for lead in newest],
+            }
+        )
+        return
+    console.print(f"{len(newest)} of {body['count']} leads at {crm.url} (test double)")
     print_table(
         "application",
         "status",
@@ -127,14 +203,17 @@ def stack_leads(limit: int) -> None:
                 lead["occurred_at"],
                 lead["lead_event_id"],
             )
-            for lead in reversed(body["leads"][-limit:])
+            for lead in newest
         ],
     )
 
 
 @stack.command("install")
 def stack_install() -> None:
-    """Only download and build (Kafka jars, FerretDB), e.g. in a CI cache step."""
+    """Only download and build (Kafka jars, FerretDB), e.g. in a CI cache step.
+
+    Example: `enrollment-pipeline stack install`.
+    """
     try:
         _stack().install()
     except ServiceError as exc:
@@ -151,7 +230,8 @@ def stack_install() -> None:
 def demo(applications: int, rate: float, port: int) -> None:
     """The whole pipeline on the local stack: events flowing, the UI, emails and leads.
 
-    Ctrl-C (or SIGTERM) stops everything the demo started, and says so.
+    Ctrl-C (or SIGTERM) stops everything the demo started, and says so. Example:
+    `enrollment-pipeline demo --applications 1000 --rate 5`.
     """
     import signal
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-from enrollment_pipeline.settings import PipelineSettings, StackSettings
+from enrollment_pipeline.settings import KafkaSettings, StackSettings
 from enrollment_pipeline.stack.kafka import Kafka
 from enrollment_pipeline.stack.mongo import MongoWire
 from enrollment_pipeline.stack.postgres import Postgres
@@ -184,9 +184,13 @@ class CrmDouble:
 
 
 class LocalStack:
-    """What `enrollment-pipeline stack up|down|status|env` drives."""
+    """What `enrollment-pipeline stack up|down|status|env` drives.
 
-    def __init__(self, stack: StackSettings, pipeline: PipelineSettings) -> None:
+    It reads the stack's settings and Kafka's (topics, partitions); `env()` reads the groups
+    whose values it repeats, and nothing else (a bad EMAIL_BACKEND never stops the stack).
+    """
+
+    def __init__(self, stack: StackSettings, pipeline: KafkaSettings) -> None:
         self.settings, self.pipeline = stack, pipeline
         state, cache, host = stack.state_dir, stack.cache_dir, stack.host
         timeout = stack.start_timeout_s
@@ -225,9 +229,20 @@ class LocalStack:
         self.kafka.install()
         self.mongo.install()
 
+    @property
+    def dagster_home(self) -> Path:
+        """The Dagster instance of this stack (`deploy/dagster.yaml` on its PostgreSQL)."""
+        return self.settings.state_dir / "dagster_home"
+
+    def prepare_dagster_home(self) -> None:
+        self.dagster_home.mkdir(parents=True, exist_ok=True)
+        profile = Path(__file__).resolve().parents[2] / "deploy" / "dagster.yaml"
+        (self.dagster_home / "dagster.yaml").write_text(profile.read_text())
+
     def up(self, report: Callable[[str, float], None] = lambda name, seconds: None) -> None:
         """Start every service not already running, then create the project's topics."""
         self.settings.state_dir.mkdir(parents=True, exist_ok=True)
+        self.prepare_dagster_home()
         for service in self.services:
             started = time.monotonic()
             service.up()
@@ -283,31 +298,46 @@ class LocalStack:
         return result
 
     def env(self) -> dict[str, str]:
-        """The Contract-6 variables for this stack, printed as `KEY=VALUE` lines by `stack env`."""
-        p = self.pipeline
+        """The Contract-6 variables for this stack, printed as `KEY=VALUE` lines by `stack env`.
+
+        Paths are absolute, so `dagster dev` started in another folder (the demo's) finds them.
+        """
+        from enrollment_pipeline.lib.settings_errors import check
+        from enrollment_pipeline.settings import (
+            ArchiveSettings,
+            FollowupSettings,
+            MongoSettings,
+            SenderSettings,
+        )
+
+        check(MongoSettings, SenderSettings, ArchiveSettings, FollowupSettings)
+        p, mongo, archive = self.pipeline, MongoSettings(), ArchiveSettings()
+        followups = FollowupSettings()
         values = {
             "KAFKA_BOOTSTRAP_SERVERS": self.kafka.bootstrap_servers,
             "KAFKA_SECURITY_PROTOCOL": "PLAINTEXT",
             "ENROLLMENT_TOPIC": p.enrollment_topic,
             "LEAD_TOPIC": p.lead_topic,
             "MONGO_URI": self.mongo.uri,
-            "MONGO_DATABASE": p.mongo_database,
+            "MONGO_DATABASE": mongo.mongo_database,
             "EMAIL_BACKEND": "smtp",
             "SMTP_HOST": self.smtp.host,
             "SMTP_PORT": str(self.smtp.port),
             "SMTP_STARTTLS": "false",
-            "EMAIL_FROM": p.email_from,
-            "AWS_REGION": p.aws_region,
+            "EMAIL_FROM": SenderSettings().email_from,
+            "AWS_REGION": archive.aws_region,
             "LEAD_API_URL": self.crm.url,
-            "ARCHIVE_ROOT": p.archive_root,
-            "ARCHIVE_START_DATE": p.archive_start_date.isoformat(),
-            "FOLLOWUP_MAX_EMAILS": str(p.followup_max_emails),
-            "FOLLOWUP_INTERVAL_MINUTES": str(p.followup_interval_minutes),
-            "FOLLOWUP_MAX_AGE_DAYS": str(p.followup_max_age_days),
+            "ARCHIVE_ROOT": archive.archive_root,  # absolute, or s3://
+            "ARCHIVE_START_DATE": archive.archive_start_date.isoformat(),
+            "FOLLOWUP_MAX_EMAILS": str(followups.followup_max_emails),
+            "FOLLOWUP_INTERVAL_MINUTES": str(followups.followup_interval_minutes),
+            "FOLLOWUP_MAX_AGE_DAYS": str(followups.followup_max_age_days),
             "DAGSTER_PG_URL": self.postgres.url("dagster"),
+            # The instance `demo` runs in, so `status` and `offsets reset` see its runs.
+            "DAGSTER_HOME": str(self.dagster_home.absolute()),
         }
-        if p.aws_endpoint_url:
-            values["AWS_ENDPOINT_URL"] = p.aws_endpoint_url
+        if archive.aws_endpoint_url:
+            values["AWS_ENDPOINT_URL"] = archive.aws_endpoint_url
         # The CRM double speaks plain HTTP: a bearer token may go to it, on loopback only.
         import ipaddress
 
