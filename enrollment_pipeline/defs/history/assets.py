@@ -13,6 +13,7 @@ from enrollment_pipeline.defs.mongo.resources import MongoResource
 from enrollment_pipeline.defs.pools import READ_MODEL_POOL
 from enrollment_pipeline.defs.settings.resources import PipelineSettingsResource
 from enrollment_pipeline.lib.backfill import backfill_days
+from enrollment_pipeline.lib.clients.archive import ArchiveMissingError
 from enrollment_pipeline.lib.mongo.store import EnrollmentStore
 from enrollment_pipeline.lib.settings_errors import load
 from enrollment_pipeline.settings import ArchiveSettings
@@ -75,9 +76,14 @@ def historic_enrollment_events_asset(partitions: dg.DailyPartitionsDefinition):
             else None
         )
         db = mongo.get_client()
+        source = archive.get_client()
+        try:  # a missing ARCHIVE_ROOT fails here, not as days without files
+            source.check_exists()
+        except ArchiveMissingError as exc:
+            raise dg.Failure(description=str(exc)) from None
         with db.explained_errors():
             report = backfill_days(
-                archive.get_client(),
+                source,
                 EnrollmentStore.of(db),
                 days,
                 publish_leads=publish,
