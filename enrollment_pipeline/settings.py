@@ -98,13 +98,7 @@ class AwsSettings(_Settings):
     _endpoint = field_validator("aws_endpoint_url")(_http_url)
 
 
-class SenderSettings(_Settings):
-    """EMAIL_FROM alone: `stack env` repeats it without reading the email backend's group."""
-
-    email_from: str = "enrollment-followups@example.com"
-
-
-class EmailSettings(AwsSettings, SenderSettings):
+class EmailSettings(AwsSettings):
     email_backend: Literal["smtp", "ses"] = "smtp"
     smtp_host: str = "127.0.0.1"
     smtp_port: int = Field(default=1025, ge=1, le=65535)
@@ -112,6 +106,7 @@ class EmailSettings(AwsSettings, SenderSettings):
     smtp_password: SecretStr | None = None
     smtp_starttls: bool = False
     smtp_ssl: bool = False
+    email_from: str = "enrollment-followups@example.com"
 
 
 class CrmSettings(_Settings):

@@ -9,7 +9,7 @@ import time
 import click
 
 from enrollment_pipeline.cli.output import console, print_json, print_table, report_started
-from enrollment_pipeline.lib.settings_errors import check
+from enrollment_pipeline.lib.settings_errors import check, load_only
 from enrollment_pipeline.settings import KafkaSettings, StackSettings
 from enrollment_pipeline.stack.local import LocalStack
 from enrollment_pipeline.stack.process import ServiceError
@@ -18,9 +18,14 @@ JSON = click.option("--json", "as_json", is_flag=True, help="One JSON document, 
 
 
 def _stack() -> LocalStack:
-    """The stack's settings and Kafka's only: no other group can stop a `stack` command."""
-    check(StackSettings, KafkaSettings)
-    return LocalStack(StackSettings(), KafkaSettings())
+    """The stack's settings, and of Kafka's the topics and partitions: nothing else can stop
+    a `stack` command."""
+    stack_settings, kafka = load_only(
+        (StackSettings, tuple(StackSettings.model_fields)),
+        (KafkaSettings, ("enrollment_topic", "lead_topic", "kafka_topic_partitions")),
+    )
+    assert isinstance(stack_settings, StackSettings) and isinstance(kafka, KafkaSettings)
+    return LocalStack(stack_settings, kafka)
 
 
 @click.group()
@@ -237,8 +242,10 @@ def demo(applications: int, rate: float, port: int) -> None:
 
     import requests
 
+    from enrollment_pipeline.settings import PipelineSettings
     from enrollment_pipeline.stack.demo import Demo
 
+    check(PipelineSettings)  # what its code location will read: every bad variable, now
     local = _stack()
     demo = Demo(local, port)
 

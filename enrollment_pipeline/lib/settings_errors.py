@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import re
 import types
+from collections.abc import Sequence
 from datetime import date
 from typing import Any, Literal, TypeVar, Union, get_args, get_origin
 
@@ -59,6 +60,31 @@ def check(*groups: type[BaseSettings]) -> None:
         raise SettingsError(lines)
 
 
+def load_only(*wanted: tuple[type[BaseSettings], tuple[str, ...]]) -> list[BaseSettings]:
+    """Each group with only the named fields checked, e.g. `load_only((MongoSettings,
+    ("mongo_database",)))`: a bad variable of the group outside them is not read (its
+    default stands in), so a command that repeats one value does not fail on another. One
+    `SettingsError` lists the bad named fields of every group."""
+    loaded: list[BaseSettings] = []
+    lines: list[str] = []
+    for group, names in wanted:
+        try:
+            loaded.append(group())
+            continue
+        except ValidationError as exc:
+            errors = exc.errors()
+        named = [e for e in errors if not e["loc"] or e["loc"][0] in names]
+        if named:
+            lines += _lines(named, group)
+            continue
+        others = {str(e["loc"][0]) for e in errors}
+        defaults = {f: group.model_fields[f].get_default(call_default_factory=True) for f in others}
+        loaded.append(group(**defaults))
+    if lines:
+        raise SettingsError(lines)
+    return loaded
+
+
 def group_of(error: ValidationError) -> type[BaseSettings] | None:
     """The settings group a ValidationError was raised for (by its title), if it is one."""
     found = getattr(settings_module, error.title, None)
@@ -69,9 +95,13 @@ def group_of(error: ValidationError) -> type[BaseSettings] | None:
 
 def describe(error: ValidationError, group: type[BaseSettings]) -> list[str]:
     """`NAME='value': must be …` for each bad variable, values of secrets masked."""
+    return _lines(error.errors(), group)
+
+
+def _lines(errors: Sequence[Any], group: type[BaseSettings]) -> list[str]:
     prefix = str(group.model_config.get("env_prefix") or "")
     lines = []
-    for item in error.errors():
+    for item in errors:
         if not item["loc"]:
             lines.append(str(item["msg"]))
             continue

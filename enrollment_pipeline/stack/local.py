@@ -186,8 +186,8 @@ class CrmDouble:
 class LocalStack:
     """What `enrollment-pipeline stack up|down|status|env` drives.
 
-    It reads the stack's settings and Kafka's (topics, partitions); `env()` reads the groups
-    whose values it repeats, and nothing else (a bad EMAIL_BACKEND never stops the stack).
+    It reads the stack's settings and, of the pipeline's, only the values it uses: topics and
+    partitions, and in `env()` those it repeats (a bad EMAIL_BACKEND never stops the stack).
     """
 
     def __init__(self, stack: StackSettings, pipeline: KafkaSettings) -> None:
@@ -302,17 +302,24 @@ class LocalStack:
 
         Paths are absolute, so `dagster dev` started in another folder (the demo's) finds them.
         """
-        from enrollment_pipeline.lib.settings_errors import check
+        from enrollment_pipeline.lib.settings_errors import load_only
         from enrollment_pipeline.settings import (
             ArchiveSettings,
+            EmailSettings,
             FollowupSettings,
             MongoSettings,
-            SenderSettings,
         )
 
-        check(MongoSettings, SenderSettings, ArchiveSettings, FollowupSettings)
-        p, mongo, archive = self.pipeline, MongoSettings(), ArchiveSettings()
-        followups = FollowupSettings()
+        followup_fields = ("followup_max_emails", "followup_interval_minutes")
+        mongo, sender, archive, followups = load_only(
+            (MongoSettings, ("mongo_database",)),
+            (EmailSettings, ("email_from",)),
+            (ArchiveSettings, tuple(ArchiveSettings.model_fields)),
+            (FollowupSettings, (*followup_fields, "followup_max_age_days")),
+        )
+        assert isinstance(mongo, MongoSettings) and isinstance(sender, EmailSettings)
+        assert isinstance(archive, ArchiveSettings) and isinstance(followups, FollowupSettings)
+        p = self.pipeline
         values = {
             "KAFKA_BOOTSTRAP_SERVERS": self.kafka.bootstrap_servers,
             "KAFKA_SECURITY_PROTOCOL": "PLAINTEXT",
@@ -324,7 +331,7 @@ class LocalStack:
             "SMTP_HOST": self.smtp.host,
             "SMTP_PORT": str(self.smtp.port),
             "SMTP_STARTTLS": "false",
-            "EMAIL_FROM": SenderSettings().email_from,
+            "EMAIL_FROM": sender.email_from,
             "AWS_REGION": archive.aws_region,
             "LEAD_API_URL": self.crm.url,
             "ARCHIVE_ROOT": archive.archive_root,  # absolute, or s3://
