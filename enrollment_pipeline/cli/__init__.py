@@ -11,6 +11,7 @@ import click
 
 from enrollment_pipeline.cli.errors import DEBUG_VARIABLE, Commands
 from enrollment_pipeline.cli.generate import generate
+from enrollment_pipeline.cli.inspect import explain, status
 from enrollment_pipeline.cli.operate import dead_letters, offsets
 from enrollment_pipeline.cli.stack import demo, stack
 
@@ -31,8 +32,10 @@ def main(debug: bool) -> None:
     \b
     Examples:
       export $(enrollment-pipeline stack env)
+      enrollment-pipeline status
+      enrollment-pipeline explain APP-000123
     """
 
 
-for command in (stack, demo, generate, offsets, dead_letters):
+for command in (status, explain, stack, demo, generate, offsets, dead_letters):
     main.add_command(command)
