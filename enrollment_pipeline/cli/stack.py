@@ -157,9 +157,8 @@ def stack_mail(limit: int, as_json: bool) -> None:
             }
         )
         return
-    console.print(
-        f"{min(limit, len(messages))} of {len(messages)} emails in {smtp.maildir / 'new'}"
-    )
+    shown = min(limit, len(messages))
+    console.print(f"{len(messages)} emails in {smtp.maildir / 'new'} (newest {shown} shown)")
     print_table(
         "date",
         "to",
@@ -195,7 +194,7 @@ def stack_leads(limit: int, as_json: bool) -> None:
             }
         )
         return
-    console.print(f"{len(newest)} of {body['count']} leads at {crm.url} (test double)")
+    console.print(f"{body['count']} leads at {crm.url} (test double; newest {len(newest)} shown)")
     print_table(
         "application",
         "status",
