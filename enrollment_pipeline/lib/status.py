@@ -136,7 +136,10 @@ class LastRun:
             "run_id": self.run_id,
             "status": self.status,
             "at": self.at,
-            "age_seconds": None if self.at is None else round((now - self.at).total_seconds()),
+            # A run may end while status reads: never a negative age.
+            "age_seconds": None
+            if self.at is None
+            else max(0, round((now - self.at).total_seconds())),
         }
 
 
