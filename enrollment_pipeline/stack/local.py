@@ -235,9 +235,12 @@ class LocalStack:
         return self.settings.state_dir / "dagster_home"
 
     def prepare_dagster_home(self) -> None:
+        """The folder, with the production profile when this is a checkout (an installed
+        package has no `deploy/`: Dagster's default instance, SQLite in the folder, serves)."""
         self.dagster_home.mkdir(parents=True, exist_ok=True)
         profile = Path(__file__).resolve().parents[2] / "deploy" / "dagster.yaml"
-        (self.dagster_home / "dagster.yaml").write_text(profile.read_text())
+        if profile.is_file():
+            (self.dagster_home / "dagster.yaml").write_text(profile.read_text())
 
     def up(self, report: Callable[[str, float], None] = lambda name, seconds: None) -> None:
         """Start every service not already running, then create the project's topics."""
