@@ -337,8 +337,9 @@ def _judge_instigator(status: Status, item: Instigator, now: datetime) -> None:
         return
     if not item.on:
         return  # the schedule is off by default: it emails real brokers
-    if tick is None:
-        status.warnings.append(f"{item.name} has not ticked in this instance yet")
+    if tick is None:  # a schedule ticks on its cron (hourly): none yet is no news
+        if item.kind == "sensor":
+            status.warnings.append(f"{item.name} has not ticked in this instance yet")
         return
     if tick.status == "FAILURE":
         status.problems.append(f"{item.name}: its last tick failed: {tick.message or ''}".strip())
