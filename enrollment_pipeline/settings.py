@@ -6,7 +6,9 @@ looks at EMAIL_BACKEND); `PipelineSettings` is all of them, for the code locatio
 are the variable names in lower case. Secrets are `SecretStr`: they never show in a repr or a
 log line. Dagster resources do not read secrets from here; they take them through `dg.EnvVar`.
 
-This module sits between `domain/` and `lib/`: it imports only pydantic.
+This module sits between `domain/` and `lib/`: it imports pydantic, and the domain's rule for
+quiet hours. Every value is checked when its group loads; `lib/settings_errors.py` turns a
+failure into one line per bad variable.
 """
 
 from __future__ import annotations
@@ -15,9 +17,13 @@ import os
 from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
+from zoneinfo import ZoneInfo
 
-from pydantic import AwareDatetime, Field, SecretStr, model_validator
+from pydantic import AwareDatetime, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from enrollment_pipeline.domain.followup_rules import parse_quiet_hours
 
 
 class _Settings(BaseSettings):
@@ -28,16 +34,42 @@ class _Settings(BaseSettings):
     )
 
 
+# Each validator raises a ValueError whose text says what is allowed, after "must be"
+# (lib/settings_errors.py turns it into one line naming the variable and its value).
+
+
+def _http_url(value: str | None) -> str | None:
+    if value is None:
+        return None
+    try:
+        parts = urlsplit(value)
+        _ = parts.port  # raises on a port that is not a number in range
+    except ValueError:
+        parts = urlsplit("")
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError("an http:// or https:// URL with a host, e.g. https://host.example")
+    return value
+
+
 class KafkaSettings(_Settings):
     kafka_bootstrap_servers: str = "127.0.0.1:9092"
     kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
-    kafka_sasl_mechanism: str | None = None
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
     kafka_sasl_username: str | None = None
     kafka_sasl_password: SecretStr | None = None
     kafka_ssl_cafile: str | None = None
     kafka_topic_partitions: int = Field(default=6, ge=1)
     enrollment_topic: str = "enrollment-events"
     lead_topic: str = "lead-integration-events"
+
+    @field_validator("kafka_bootstrap_servers")
+    @classmethod
+    def _host_ports(cls, value: str) -> str:
+        for server in value.split(","):
+            host, _, port = server.strip().rpartition(":")
+            if not host or not port.isdigit() or not 0 < int(port) < 65536:
+                raise ValueError("host:port pairs separated by commas, e.g. b-1.example:9092")
+        return value
 
 
 class MongoSettings(_Settings):
@@ -63,6 +95,14 @@ class MongoSettings(_Settings):
             )
         return self
 
+    @field_validator("mongo_uri")
+    @classmethod
+    def _mongo_scheme(cls, value: str) -> str:
+        scheme, _, rest = value.partition("://")
+        if scheme not in ("mongodb", "mongodb+srv") or not rest.rpartition("@")[2].strip("/"):
+            raise ValueError("a mongodb:// or mongodb+srv:// URI with a host")
+        return value
+
 
 class AwsSettings(_Settings):
     """Shared by SES (email) and S3 (archive)."""
@@ -70,11 +110,13 @@ class AwsSettings(_Settings):
     aws_region: str = "us-east-1"
     aws_endpoint_url: str | None = None
 
+    _endpoint = field_validator("aws_endpoint_url")(_http_url)
+
 
 class EmailSettings(AwsSettings):
     email_backend: Literal["smtp", "ses"] = "smtp"
     smtp_host: str = "127.0.0.1"
-    smtp_port: int = 1025
+    smtp_port: int = Field(default=1025, ge=1, le=65535)
     smtp_username: str | None = None
     smtp_password: SecretStr | None = None
     smtp_starttls: bool = False
@@ -94,10 +136,24 @@ class CrmSettings(_Settings):
     lead_api_request_deadline_seconds: float = Field(default=30.0, gt=0)
     lead_api_max_attempts: int = Field(default=5, ge=1)
 
+    _url = field_validator("lead_api_url")(_http_url)
+
 
 class ArchiveSettings(AwsSettings):
+    # A folder is made absolute when read (the code location may run in another folder).
     archive_root: str = "./archive"
     archive_start_date: date = date(2024, 1, 1)
+
+    @field_validator("archive_root")
+    @classmethod
+    def _folder_or_s3(cls, value: str) -> str:
+        if value.startswith("s3://"):
+            if not value.removeprefix("s3://").split("/")[0]:
+                raise ValueError("a folder or s3://bucket/prefix (the bucket is missing)")
+            return value
+        if "://" in value:
+            raise ValueError("a folder or s3://bucket/prefix")
+        return str(Path(value).expanduser().absolute())
 
 
 class IngestSettings(_Settings):
@@ -144,6 +200,24 @@ class FollowupSettings(_Settings):
     followup_schedule_timezone: str = "UTC"
     ops_email: str | None = None
     email_max_per_second: float = Field(default=10.0, gt=0)
+
+    @field_validator("followup_quiet_hours")
+    @classmethod
+    def _quiet_hours(cls, value: str | None) -> str | None:
+        try:
+            parse_quiet_hours(value)
+        except ValueError:
+            raise ValueError("two UTC hours START-END from 0 to 23, e.g. 20-07") from None
+        return value
+
+    @field_validator("followup_schedule_timezone")
+    @classmethod
+    def _timezone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ValueError, KeyError):  # ZoneInfoNotFoundError is a KeyError
+            raise ValueError("an IANA time zone, e.g. UTC or America/New_York") from None
+        return value
 
 
 class PipelineSettings(

@@ -1,42 +1,41 @@
-"""The `enrollment-pipeline` console command (Contract 6): stack and demo, generate, operate.
+"""The `enrollment-pipeline` console command (Contract 6): stack and demo, generate, operate,
+status and explain.
 
 Commands are thin: they build the clients they need from their settings groups and call
-`lib/operations.py` (or the stack); this module turns the project's errors into one line.
+`lib/` (or the stack); `cli/errors.py` turns the project's errors into one line each.
 """
 
 from __future__ import annotations
 
 import click
 
+from enrollment_pipeline.cli.errors import DEBUG_VARIABLE, Commands
 from enrollment_pipeline.cli.generate import generate
+from enrollment_pipeline.cli.inspect import explain, status
 from enrollment_pipeline.cli.operate import dead_letters, offsets
 from enrollment_pipeline.cli.stack import demo, stack
 
 
-class _Commands(click.Group):
-    """Fails with one clear line when MongoDB is unreachable or stalled, not a traceback."""
+@click.group(cls=Commands)
+@click.version_option(package_name="enrollment-pipeline", message="%(prog)s %(version)s")
+@click.option(
+    "--debug",
+    is_flag=True,
+    help=f"Show the traceback of an error instead of one line (or set {DEBUG_VARIABLE}=1).",
+)
+def main(debug: bool) -> None:
+    """Kafka enrollment events -> Dagster -> MongoDB read model, follow-ups and CRM leads.
 
-    def invoke(self, ctx: click.Context):
-        from pymongo.errors import ConnectionFailure, PyMongoError
+    Every setting is an environment variable (README, "Pointing it at your systems"); each
+    command reads only the groups it needs. Times are UTC.
 
-        from enrollment_pipeline.lib.clients.mongo import MongoConnection, MongoUnavailableError
-        from enrollment_pipeline.settings import MongoSettings
-
-        try:
-            return super().invoke(ctx)
-        except MongoUnavailableError as exc:
-            raise click.ClickException(str(exc)) from exc
-        except PyMongoError as exc:
-            if not (exc.timeout or isinstance(exc, ConnectionFailure)):
-                raise
-            message = MongoConnection.from_settings(MongoSettings()).unavailable_message(exc)
-            raise click.ClickException(message) from exc
-
-
-@click.group(cls=_Commands)
-def main() -> None:
-    """Kafka enrollment events -> Dagster -> MongoDB read model, follow-ups and CRM leads."""
+    \b
+    Examples:
+      export $(enrollment-pipeline stack env)
+      enrollment-pipeline status
+      enrollment-pipeline explain APP-000123
+    """
 
 
-for command in (stack, demo, generate, offsets, dead_letters):
+for command in (status, explain, stack, demo, generate, offsets, dead_letters):
     main.add_command(command)

@@ -46,7 +46,11 @@ def generate(
     gzipped: bool = False,
     start=None,
 ) -> None:
-    """Produce realistic synthetic enrollment events to ENROLLMENT_TOPIC, or to an archive."""
+    """Produce realistic synthetic enrollment events to ENROLLMENT_TOPIC, or to an archive.
+
+    Examples: `enrollment-pipeline generate --applications 5000` (to Kafka, ~1% bad input);
+    `enrollment-pipeline generate --archive ./archive --applications 2000 --gzip`.
+    """
     from rich.progress import Progress
 
     from enrollment_pipeline.lib.operations import produce_records

@@ -3,15 +3,16 @@ thin commands over `lib/operations.py`."""
 
 from __future__ import annotations
 
-import json
 from datetime import UTC
 
 import click
 
 from enrollment_pipeline.cli.clients import enrollment_store, kafka_client, runs_in_flight
-from enrollment_pipeline.cli.output import print_table
+from enrollment_pipeline.cli.output import console, print_json, print_table, utc
+from enrollment_pipeline.domain.events import RejectReason
 from enrollment_pipeline.lib.consumer_groups import ENROLLMENT_GROUPS, LEAD_INTEGRATION_GROUP
 from enrollment_pipeline.lib.ingestion.limits import InputLimits
+from enrollment_pipeline.lib.settings_errors import check
 from enrollment_pipeline.settings import (
     CrmSettings,
     IngestSettings,
@@ -20,22 +21,65 @@ from enrollment_pipeline.settings import (
     MongoSettings,
 )
 
+JSON = click.option("--json", "as_json", is_flag=True, help="One JSON document, for scripts.")
+REASONS = click.Choice([str(reason) for reason in RejectReason])
+GROUPS = click.Choice([*ENROLLMENT_GROUPS, LEAD_INTEGRATION_GROUP])
+
 
 @click.group()
 def offsets() -> None:
-    """Committed offsets, end offsets and lag per consumer group; reset for a replay."""
+    """Committed offsets, end offsets and lag per consumer group; reset for a replay.
+
+    Example: `enrollment-pipeline offsets show --group read-model-service`.
+    """
 
 
 @offsets.command("show")
-def offsets_show() -> None:
-    """Committed (Mongo, authoritative), the Kafka copy, end and lag per group and partition."""
-    from enrollment_pipeline.lib.operations import offset_rows
+@click.option("--group", "groups", type=GROUPS, multiple=True, help="Only this group (repeatable).")
+@click.option("--topic", "topics", multiple=True, help="Only this topic (repeatable).")
+@JSON
+def offsets_show(groups, topics, as_json) -> None:
+    """Committed (Mongo, authoritative), the Kafka copy, end and lag per group and partition,
+    with each group's total.
 
+    `-` means nothing committed yet. Example: `enrollment-pipeline offsets show --group
+    read-model-service --json`.
+    """
+    from enrollment_pipeline.lib.operations import offset_rows
+    from enrollment_pipeline.lib.status import lag_by_group
+
+    check(KafkaSettings, MongoSettings)
     settings = KafkaSettings()
     store = enrollment_store()
     with kafka_client() as kafka:
         rows = offset_rows(
             kafka, store, enrollment_topic=settings.enrollment_topic, lead_topic=settings.lead_topic
+        )
+    rows = [
+        r for r in rows if (not groups or r.group in groups) and (not topics or r.topic in topics)
+    ]
+    by_group = lag_by_group(rows)
+    if as_json:
+        print_json({"groups": [g.to_json() for g in by_group], "lag": sum(g.lag for g in by_group)})
+        return
+    table: list = []
+    for group in by_group:
+        if table:
+            table.append(None)
+        table += [
+            (
+                row.group,
+                row.topic,
+                str(row.partition),
+                "-" if row.committed is None else f"{row.committed:,}",
+                "-" if row.kafka_committed is None else f"{row.kafka_committed:,}",
+                f"{row.end:,}",
+                f"{row.lag:,}",
+            )
+            for row in group.rows
+        ]
+        table.append(
+            (group.group, group.topic, "total", "", "", f"{group.end:,}", f"{group.lag:,}")
         )
     print_table(
         "group",
@@ -45,18 +89,8 @@ def offsets_show() -> None:
         "in kafka",
         "end",
         "lag",
-        rows=[
-            (
-                row.group,
-                row.topic,
-                str(row.partition),
-                "-" if row.committed is None else str(row.committed),
-                "-" if row.kafka_committed is None else str(row.kafka_committed),
-                str(row.end),
-                str(row.lag),
-            )
-            for row in rows
-        ],
+        rows=table,
+        right=("partition", "committed", "in kafka", "end", "lag"),
     )
 
 
@@ -178,26 +212,64 @@ def _cli_lease(store, description: str):
 
 @click.group("dead-letters")
 def dead_letters() -> None:
-    """Rejected input: browse by reason and time, show one, re-drive after a fix."""
+    """Rejected input: browse by reason and time, show one, re-drive after a fix.
+
+    Example: `enrollment-pipeline dead-letters list --reason schema_violation`.
+    """
 
 
 @dead_letters.command("list")
-@click.option("--reason", help="Only this reason code.")
-@click.option("--since", type=click.DateTime(), help="Last seen at or after.")
+@click.option("--reason", type=REASONS, help="Only this reason code.")
+@click.option(
+    "--since",
+    type=click.DateTime(),
+    help="Last seen at or after this time (UTC), e.g. 2026-11-01 or 2026-11-01T08:00:00.",
+)
 @click.option("--all", "include_all", is_flag=True, help="Include re-driven letters.")
-@click.option("--limit", type=int, default=50, show_default=True)
-def dead_letters_list(reason, since, include_all, limit) -> None:
-    rows = enrollment_store().dead_letters.listing(
-        reason=reason,
-        since=since.replace(tzinfo=since.tzinfo or UTC) if since else None,
-        status=None if include_all else "OPEN",
-        limit=limit,
-    )
+@click.option("--limit", type=click.IntRange(min=1), default=50, show_default=True)
+@JSON
+def dead_letters_list(reason, since, include_all, limit, as_json) -> None:
+    """Dead letters, newest first (open ones unless --all), with "N of M" when cut.
+
+    Times are UTC; details name fields, never values. Example: `enrollment-pipeline
+    dead-letters list --reason schema_violation --since 2026-11-01`.
+    """
+    from enrollment_pipeline.lib.masking import mask_text
+
+    check(MongoSettings)
+    store = enrollment_store().dead_letters
+    query = {
+        "reason": reason,
+        "since": since.replace(tzinfo=since.tzinfo or UTC) if since else None,
+        "status": None if include_all else "OPEN",
+    }
+    rows = store.listing(**query, limit=limit)
+    total = store.count(**query) if len(rows) == limit else len(rows)
+    if as_json:
+        print_json(
+            {
+                "total": total,
+                "shown": len(rows),
+                "truncated": len(rows) < total,
+                "dead_letters": [
+                    {
+                        "id": row["_id"],
+                        "reason": row["reason"],
+                        "status": row.get("status"),
+                        "first_seen_at": row.get("first_seen_at"),
+                        "last_seen_at": row.get("last_seen_at"),
+                        "detail": mask_text(row.get("detail") or ""),
+                    }
+                    for row in rows
+                ],
+            }
+        )
+        return
     print_table(
         "id",
         "reason",
         "status",
-        "last seen",
+        "last seen (UTC)",
         "detail",
         rows=[
             (
@@ -205,37 +277,83 @@ def dead_letters_list(reason, since, include_all, limit) -> None:
                 row["reason"],
                 row.get("status", ""),
                 f"{row['last_seen_at']:%Y-%m-%d %H:%M:%S}",
-                row.get("detail", "")[:120],
+                mask_text(row.get("detail") or "")[:120],
             )
             for row in rows
         ],
     )
+    what = "dead letters" if include_all else "open dead letters"
+    more = f"; the newest {len(rows)} shown, --limit shows more" if len(rows) < total else ""
+    console.print(f"{len(rows)} of {total} {what}{more}")
 
 
 @dead_letters.command("show")
 @click.argument("letter_id")
-def dead_letters_show(letter_id) -> None:
+@click.option("--reveal", is_flag=True, help="Show contact values (names, email, phone, …).")
+@JSON
+def dead_letters_show(letter_id, reveal, as_json) -> None:
+    """One dead letter whole: reason, detail, key, source and the raw input as received.
+
+    Contact values (names, email, phone, date of birth, address) are masked unless --reveal,
+    also in raw input that is not valid JSON. Example: `enrollment-pipeline dead-letters show
+    kafka:enrollment-events:3:1042`.
+    """
+    from enrollment_pipeline.lib.masking import mask_raw, mask_text
     from enrollment_pipeline.lib.mongo.dead_letters import raw_bytes
 
+    check(MongoSettings)
     letter = enrollment_store().dead_letters.get(letter_id)
     if letter is None:
-        raise click.ClickException(f"no dead letter {letter_id!r}")
-    letter["raw"] = (raw_bytes(letter) or b"").decode("utf-8", "replace")
-    click.echo(json.dumps(letter, indent=2, default=str))
+        raise click.ClickException(
+            f"no dead letter {letter_id!r}; `enrollment-pipeline dead-letters list` shows them"
+        )
+    raw = raw_bytes(letter)
+    letter.pop("raw_base64", None)
+    text = None if raw is None else raw.decode("utf-8", "replace")
+    if not reveal:
+        text = None if text is None else mask_raw(text)
+        letter["key"] = None if letter.get("key") is None else mask_text(letter["key"])
+        letter["detail"] = mask_text(letter.get("detail") or "")
+    letter["raw"] = text
+    letter["masked"] = not reveal
+    if as_json:
+        print_json(letter)
+        return
+    source = ", ".join(f"{k} {v}" for k, v in (letter.get("source") or {}).items())
+    for label, value in (
+        ("dead letter", f"{letter['_id']} ({letter.get('status', '')})"),
+        ("reason", letter.get("reason")),
+        ("detail", letter.get("detail")),
+        ("key", letter.get("key") or "-"),
+        ("source", source or "-"),
+        ("first seen", utc(letter.get("first_seen_at"))),
+        ("last seen", utc(letter.get("last_seen_at"))),
+    ):
+        click.echo(f"{label:<12} {value}")
+    note = "" if reveal else " (contact values masked; --reveal shows them)"
+    click.echo(f"raw{note}:")
+    click.echo(text if text is not None else "-")
 
 
 @dead_letters.command("redrive")
 @click.argument("letter_ids", nargs=-1)
-@click.option("--reason", help="Re-drive every open letter with this reason.")
+@click.option("--reason", type=REASONS, help="Re-drive every open letter with this reason.")
 @click.option(
     "--leads", is_flag=True, help="Deliver every parked or CRM-refused lead again, in order."
 )
 @click.option("--force", is_flag=True, help="Skip the check for delivery runs in flight.")
 def dead_letters_redrive(letter_ids, reason, leads, force) -> None:
     """Apply kept input again after a fix: records are parsed again and applied (their leads
-    published); `crm:` letters and parked leads are posted to the CRM again, in order."""
+    published); `crm:` letters and parked leads are posted to the CRM again, in order.
+
+    Example: `enrollment-pipeline dead-letters redrive --reason null_key` (after the producer
+    fix), `enrollment-pipeline dead-letters redrive --leads` (after a CRM outage).
+    """
     from enrollment_pipeline.lib.operations import redrive
 
+    to_crm = leads or reason == "crm_rejected" or any(i.startswith("crm:") for i in letter_ids)
+    crm_groups = (CrmSettings, LeadDeliverySettings) if to_crm else ()
+    check(KafkaSettings, MongoSettings, IngestSettings, *crm_groups)
     settings = KafkaSettings()
     store = enrollment_store()
     ids = list(letter_ids)

@@ -8,17 +8,27 @@ import time
 
 import click
 
-from enrollment_pipeline.cli.output import console, print_table, report_started
-from enrollment_pipeline.settings import PipelineSettings, StackSettings
+from enrollment_pipeline.cli.output import console, print_json, print_table, report_started
+from enrollment_pipeline.lib.settings_errors import check, load_only
+from enrollment_pipeline.settings import KafkaSettings, StackSettings
 from enrollment_pipeline.stack.local import LocalStack
 from enrollment_pipeline.stack.process import ServiceError
 
+JSON = click.option("--json", "as_json", is_flag=True, help="One JSON document, for scripts.")
+
 
 def _stack(*, secure: bool = False) -> LocalStack:
-    """The stack of the environment's STACK_* settings (`secure` forces STACK_SECURE on)."""
+    """The stack's settings (`secure` forces STACK_SECURE on), and of Kafka's the topics and
+    partitions: nothing else can stop a `stack` command."""
+    stack_settings, kafka = load_only(
+        (StackSettings, tuple(StackSettings.model_fields)),
+        (KafkaSettings, ("enrollment_topic", "lead_topic", "kafka_topic_partitions")),
+    )
+    assert isinstance(stack_settings, StackSettings) and isinstance(kafka, KafkaSettings)
+    if secure:
+        stack_settings = stack_settings.model_copy(update={"secure": True})
     try:
-        settings = StackSettings(**({"secure": True} if secure else {}))
-        return LocalStack(settings, PipelineSettings())
+        return LocalStack(stack_settings, kafka)
     except ServiceError as exc:
         raise click.ClickException(str(exc)) from exc
 
@@ -32,6 +42,10 @@ def stack() -> None:
     STACK_ALLOW_REMOTE=true), STACK_KAFKA_PORT, STACK_MONGO_PORT, STACK_POSTGRES_PORT,
     STACK_SMTP_PORT, STACK_CRM_PORT, STACK_MONGO_ENGINE (auto|mongod|ferretdb); STACK_SECURE
     with STACK_KAFKA_SASL_PORT and STACK_MONGO_SECURE_PORT.
+
+    \b
+    Example:
+      enrollment-pipeline stack up && export $(enrollment-pipeline stack env)
     """
 
 
@@ -43,7 +57,11 @@ def stack() -> None:
     "MongoDB-wire server that requires its user.",
 )
 def stack_up(secure: bool) -> None:
-    """Install (cached), start every service, wait until each answers, create the topics."""
+    """Install (cached), start every service, wait until each answers, create the topics.
+
+    Services already running are kept. Example: `STACK_KAFKA_PORT=19092 enrollment-pipeline
+    stack up`.
+    """
     local = _stack(secure=secure)
     started = time.monotonic()
     console.print(f"Starting the local stack (state in {local.settings.state_dir})")
@@ -60,15 +78,40 @@ def stack_up(secure: bool) -> None:
 
 @stack.command("down")
 def stack_down() -> None:
-    """Stop exactly the processes `stack up` started (data is kept)."""
+    """Stop exactly the processes `stack up` started (data is kept).
+
+    Example: `enrollment-pipeline stack down`.
+    """
     stopped = _stack().down()
     console.print("Stopped: " + (", ".join(stopped) if stopped else "nothing was running"))
 
 
 @stack.command("status")
-def stack_status() -> None:
-    """What runs where, with each service's log file."""
+@JSON
+def stack_status(as_json: bool) -> None:
+    """What runs where, with each service's log file; exit code 3 when one is not running.
+
+    Example: `enrollment-pipeline stack status --json`.
+    """
     rows = _stack().status()
+    if as_json:
+        print_json(
+            {
+                "services": [
+                    {
+                        "service": row.name,
+                        "state": row.state,
+                        "pid": row.pid,
+                        "address": row.address,
+                        "log": str(row.log_file),
+                    }
+                    for row in rows
+                ]
+            }
+        )
+        if not all(row.running for row in rows):
+            sys.exit(3)
+        return
     print_table(
         "service",
         "state",
@@ -100,7 +143,12 @@ def stack_status() -> None:
     "with credentials (after `stack up --secure`).",
 )
 def stack_env(secure: bool) -> None:
-    """Print KEY=VALUE lines for the running stack: `export $(enrollment-pipeline stack env)`."""
+    """Print KEY=VALUE lines for the running stack: `export $(enrollment-pipeline stack env)`.
+
+    Paths are absolute (ARCHIVE_ROOT, DAGSTER_HOME: the demo's instance, so `status` and
+    `offsets reset` see its runs). Values you set yourself (topics, MONGO_DATABASE,
+    ARCHIVE_ROOT, follow-up limits) are repeated as set.
+    """
     local = _stack()
     try:
         values = local.secure_env() if secure else local.env()
@@ -112,11 +160,28 @@ def stack_env(secure: bool) -> None:
 
 @stack.command("mail")
 @click.option("--limit", type=int, default=20, show_default=True)
-def stack_mail(limit: int) -> None:
-    """The emails the local SMTP sink caught, newest first (files in {state}/mail/new)."""
+@JSON
+def stack_mail(limit: int, as_json: bool) -> None:
+    """The emails the local SMTP sink caught, newest first (files in {state}/mail/new).
+
+    Example: `enrollment-pipeline stack mail --limit 5`.
+    """
     smtp = _stack().smtp
     messages = smtp.messages()
-    console.print(f"{len(messages)} emails in {smtp.maildir / 'new'}")
+    if as_json:
+        print_json(
+            {
+                "count": len(messages),
+                "maildir": str(smtp.maildir / "new"),
+                "emails": [
+                    {"date": m.sent, "to": m.to, "subject": m.subject, "file": str(m.path)}
+                    for m in messages[:limit]
+                ],
+            }
+        )
+        return
+    shown = min(limit, len(messages))
+    console.print(f"{len(messages)} emails in {smtp.maildir / 'new'} (newest {shown} shown)")
     print_table(
         "date",
         "to",
@@ -128,8 +193,12 @@ def stack_mail(limit: int) -> None:
 
 @stack.command("leads")
 @click.option("--limit", type=int, default=20, show_default=True)
-def stack_leads(limit: int) -> None:
-    """The leads the local CRM test double took, newest first."""
+@JSON
+def stack_leads(limit: int, as_json: bool) -> None:
+    """The leads the local CRM test double took, newest first (no contact values shown).
+
+    Example: `enrollment-pipeline stack leads --json`.
+    """
     import requests
 
     crm = _stack().crm
@@ -137,7 +206,18 @@ def stack_leads(limit: int) -> None:
         body = crm.leads()
     except requests.RequestException as exc:
         raise click.ClickException(f"the local CRM at {crm.url} did not answer: {exc}") from exc
-    console.print(f"{body['count']} leads at {crm.url} (test double)")
+    newest = list(reversed(body["leads"][-limit:]))
+    if as_json:
+        fields = ("application_id", "lead_status", "occurred_at", "lead_event_id", "product")
+        print_json(
+            {
+                "count": body["count"],
+                "crm": crm.url,
+                "leads": [{k: lead.get(k) for k in fields} for lead in newest],
+            }
+        )
+        return
+    console.print(f"{body['count']} leads at {crm.url} (test double; newest {len(newest)} shown)")
     print_table(
         "application",
         "status",
@@ -150,14 +230,17 @@ def stack_leads(limit: int) -> None:
                 lead["occurred_at"],
                 lead["lead_event_id"],
             )
-            for lead in reversed(body["leads"][-limit:])
+            for lead in newest
         ],
     )
 
 
 @stack.command("install")
 def stack_install() -> None:
-    """Only download and build (Kafka jars, FerretDB), e.g. in a CI cache step."""
+    """Only download and build (Kafka jars, FerretDB), e.g. in a CI cache step.
+
+    Example: `enrollment-pipeline stack install`.
+    """
     try:
         _stack().install()
     except ServiceError as exc:
@@ -174,14 +257,17 @@ def stack_install() -> None:
 def demo(applications: int, rate: float, port: int) -> None:
     """The whole pipeline on the local stack: events flowing, the UI, emails and leads.
 
-    Ctrl-C (or SIGTERM) stops everything the demo started, and says so.
+    Ctrl-C (or SIGTERM) stops everything the demo started, and says so. Example:
+    `enrollment-pipeline demo --applications 1000 --rate 5`.
     """
     import signal
 
     import requests
 
+    from enrollment_pipeline.settings import PipelineSettings
     from enrollment_pipeline.stack.demo import Demo
 
+    check(PipelineSettings)  # what its code location will read: every bad variable, now
     local = _stack()
     demo = Demo(local, port)
 

@@ -69,6 +69,7 @@ def ingested_dataset_specs() -> list[dg.AssetSpec]:
 
 def check_evaluation(result: dg.AssetCheckResult) -> dg.AssetCheckEvaluation:
     """A check's verdict logged from a job's op (ops report checks as evaluations)."""
+    assert result.asset_key is not None and result.check_name is not None  # set by our checks
     return dg.AssetCheckEvaluation(
         asset_key=result.asset_key,
         check_name=result.check_name,

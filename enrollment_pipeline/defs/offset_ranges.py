@@ -72,7 +72,7 @@ def busy_partitions(instance: dg.DagsterInstance, job_name: str, topic: str) -> 
 def offset_range_sensor(
     *,
     name: str,
-    job: dg.JobDefinition,
+    job: dg.JobDefinition | dg.UnresolvedAssetJobDefinition,
     group: str,
     topic: Callable[[PipelineSettingsResource], str],
     max_events: Callable[[PipelineSettingsResource], int],

@@ -227,7 +227,7 @@ class LocalCrm:
     @property
     def url(self) -> str:
         host, port = self.server.server_address[:2]
-        return f"http://{host}:{port}"
+        return f"http://{host!s}:{port}"
 
     def start(self) -> LocalCrm:
         self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)

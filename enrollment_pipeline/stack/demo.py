@@ -31,8 +31,6 @@ from enrollment_pipeline.stack.local import LocalStack
 from enrollment_pipeline.stack.process import (
     PRIVATE_UMASK,
     private_append,
-    private_dir,
-    write_private,
 )
 
 PROJECT = Path(__file__).resolve().parent.parent.parent
@@ -96,11 +94,7 @@ class Demo:
         before = {s.name for s in self.stack.status() if s.running}
         self.stack.up(report)
         self.started_services = [s.name for s in self.stack.services if s.daemon.name not in before]
-        os.environ.update(self.stack.env())
-        home = self.stack.settings.state_dir / "dagster_home"
-        private_dir(home)
-        write_private(home / "dagster.yaml", (PROJECT / "deploy" / "dagster.yaml").read_text())
-        os.environ["DAGSTER_HOME"] = str(home)
+        os.environ.update(self.stack.env())  # DAGSTER_HOME among them (`stack up` made it)
 
     def start_trickle(self, burst: int, rate: float) -> None:
         self.trickle = Trickle(KafkaSettings(), burst=burst, rate=rate, seed=int(time.time()))

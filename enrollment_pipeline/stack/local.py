@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-from enrollment_pipeline.settings import PipelineSettings, StackSettings
+from enrollment_pipeline.settings import KafkaSettings, StackSettings
 from enrollment_pipeline.stack.kafka import SASL_MECHANISM, SASL_USER, Kafka, KafkaSasl
 from enrollment_pipeline.stack.mongo import AUTH_USER, MongoAuth, MongoWire
 from enrollment_pipeline.stack.postgres import Postgres
@@ -28,6 +28,7 @@ from enrollment_pipeline.stack.process import (
     port_open,
     private_dir,
     restrict_tree,
+    write_private,
 )
 
 
@@ -214,9 +215,13 @@ def check_host(settings: StackSettings) -> None:
 
 
 class LocalStack:
-    """What `enrollment-pipeline stack up|down|status|env` drives."""
+    """What `enrollment-pipeline stack up|down|status|env` drives.
 
-    def __init__(self, stack: StackSettings, pipeline: PipelineSettings) -> None:
+    It reads the stack's settings and, of the pipeline's, only the values it uses: topics and
+    partitions, and in `env()` those it repeats (a bad EMAIL_BACKEND never stops the stack).
+    """
+
+    def __init__(self, stack: StackSettings, pipeline: KafkaSettings) -> None:
         check_host(stack)
         self.settings, self.pipeline = stack, pipeline
         state, cache, host = stack.state_dir, stack.cache_dir, stack.host
@@ -279,10 +284,24 @@ class LocalStack:
         self.kafka.install()
         self.mongo.install()
 
+    @property
+    def dagster_home(self) -> Path:
+        """The Dagster instance of this stack (`deploy/dagster.yaml` on its PostgreSQL)."""
+        return self.settings.state_dir / "dagster_home"
+
+    def prepare_dagster_home(self) -> None:
+        """The folder, with the production profile when this is a checkout (an installed
+        package has no `deploy/`: Dagster's default instance, SQLite in the folder, serves)."""
+        private_dir(self.dagster_home)
+        profile = Path(__file__).resolve().parents[2] / "deploy" / "dagster.yaml"
+        if profile.is_file():
+            write_private(self.dagster_home / "dagster.yaml", profile.read_text())
+
     def up(self, report: Callable[[str, float], None] = lambda name, seconds: None) -> None:
         """Start every service not already running, then create the project's topics."""
         self.postgres.prepare_state_dir()
         restrict_tree(self.settings.state_dir)  # what an earlier version left open
+        self.prepare_dagster_home()
         for service in self.services:
             started = time.monotonic()
             if service is self.secure_mongo and service.needs_postgres:
@@ -344,7 +363,27 @@ class LocalStack:
         return result
 
     def env(self) -> dict[str, str]:
-        """The Contract-6 variables for this stack, printed as `KEY=VALUE` lines by `stack env`."""
+        """The Contract-6 variables for this stack, printed as `KEY=VALUE` lines by `stack env`.
+
+        Paths are absolute, so `dagster dev` started in another folder (the demo's) finds them.
+        """
+        from enrollment_pipeline.lib.settings_errors import load_only
+        from enrollment_pipeline.settings import (
+            ArchiveSettings,
+            EmailSettings,
+            FollowupSettings,
+            MongoSettings,
+        )
+
+        followup_fields = ("followup_max_emails", "followup_interval_minutes")
+        mongo, sender, archive, followups = load_only(
+            (MongoSettings, ("mongo_database",)),
+            (EmailSettings, ("email_from",)),
+            (ArchiveSettings, tuple(ArchiveSettings.model_fields)),
+            (FollowupSettings, (*followup_fields, "followup_max_age_days")),
+        )
+        assert isinstance(mongo, MongoSettings) and isinstance(sender, EmailSettings)
+        assert isinstance(archive, ArchiveSettings) and isinstance(followups, FollowupSettings)
         p = self.pipeline
         values = {
             "KAFKA_BOOTSTRAP_SERVERS": self.kafka.bootstrap_servers,
@@ -352,23 +391,25 @@ class LocalStack:
             "ENROLLMENT_TOPIC": p.enrollment_topic,
             "LEAD_TOPIC": p.lead_topic,
             "MONGO_URI": self.mongo.uri,
-            "MONGO_DATABASE": p.mongo_database,
+            "MONGO_DATABASE": mongo.mongo_database,
             "EMAIL_BACKEND": "smtp",
             "SMTP_HOST": self.smtp.host,
             "SMTP_PORT": str(self.smtp.port),
             "SMTP_STARTTLS": "false",
-            "EMAIL_FROM": p.email_from,
-            "AWS_REGION": p.aws_region,
+            "EMAIL_FROM": sender.email_from,
+            "AWS_REGION": archive.aws_region,
             "LEAD_API_URL": self.crm.url,
-            "ARCHIVE_ROOT": p.archive_root,
-            "ARCHIVE_START_DATE": p.archive_start_date.isoformat(),
-            "FOLLOWUP_MAX_EMAILS": str(p.followup_max_emails),
-            "FOLLOWUP_INTERVAL_MINUTES": str(p.followup_interval_minutes),
-            "FOLLOWUP_MAX_AGE_DAYS": str(p.followup_max_age_days),
+            "ARCHIVE_ROOT": archive.archive_root,  # absolute, or s3://
+            "ARCHIVE_START_DATE": archive.archive_start_date.isoformat(),
+            "FOLLOWUP_MAX_EMAILS": str(followups.followup_max_emails),
+            "FOLLOWUP_INTERVAL_MINUTES": str(followups.followup_interval_minutes),
+            "FOLLOWUP_MAX_AGE_DAYS": str(followups.followup_max_age_days),
             "DAGSTER_PG_URL": self.postgres.url("dagster"),
+            # The instance `demo` runs in, so `status` and `offsets reset` see its runs.
+            "DAGSTER_HOME": str(self.dagster_home.absolute()),
         }
-        if p.aws_endpoint_url:
-            values["AWS_ENDPOINT_URL"] = p.aws_endpoint_url
+        if archive.aws_endpoint_url:
+            values["AWS_ENDPOINT_URL"] = archive.aws_endpoint_url
         # The CRM double speaks plain HTTP: a bearer token may go to it, on loopback only.
         if is_loopback(self.crm.host):
             values["LEAD_API_ALLOW_HTTP"] = "true"

@@ -277,7 +277,9 @@ class MongoWire:
         from pymongo.errors import OperationFailure
 
         def authenticated_ping() -> None:
-            with MongoClient(self.uri, serverSelectionTimeoutMS=PING_TIMEOUT_MS) as client:
+            with MongoClient[dict[str, object]](
+                self.uri, serverSelectionTimeoutMS=PING_TIMEOUT_MS
+            ) as client:
                 client.admin.command("ping")
 
         try:
@@ -291,7 +293,9 @@ class MongoWire:
                     f"its first start only: remove its data (PostgreSQL database "
                     f"ferretdb_secure, or {self.dir}) to start again"
                 ) from exc
-        with MongoClient(self.anonymous_uri, serverSelectionTimeoutMS=PING_TIMEOUT_MS) as client:
+        with MongoClient[dict[str, object]](
+            self.anonymous_uri, serverSelectionTimeoutMS=PING_TIMEOUT_MS
+        ) as client:
             try:  # mongod's localhost exception: the first user may be created anonymously
                 client.admin.command(
                     "createUser", AUTH_USER, pwd=self.auth.password, roles=["root"]
@@ -309,7 +313,7 @@ class MongoWire:
             return False
         from pymongo import MongoClient
 
-        with MongoClient(
+        with MongoClient[dict[str, object]](
             self.anonymous_uri,  # `ping` needs no user, also on the secured server
             serverSelectionTimeoutMS=PING_TIMEOUT_MS,
             connectTimeoutMS=PING_TIMEOUT_MS,

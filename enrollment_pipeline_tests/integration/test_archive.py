@@ -76,3 +76,23 @@ def test_folder_archive(tmp_path):
         b'{"event_id": "d"}',
     ]
     assert archive.files_for_day(date(2024, 3, 6)) == []
+
+
+def test_a_missing_archive_is_named_before_anything_is_read(tmp_path, s3_archive: Archive):
+    from dataclasses import replace
+
+    from enrollment_pipeline.lib.clients.archive import ArchiveMissingError
+
+    Archive(root=str(tmp_path)).check_exists()  # an empty folder is an archive without days
+    s3_archive.check_exists()
+    for root, says in [
+        (str(tmp_path / "nope"), "does not exist"),
+        (str(tmp_path / "file.jsonl"), "is a file"),
+        ("s3://history/elsewhere", "holds no file"),
+        ("s3://no-such-bucket/enrollment", "NoSuchBucket"),
+    ]:
+        (tmp_path / "file.jsonl").write_bytes(PLAIN)
+        archive = replace(s3_archive, root=root) if root.startswith("s3") else Archive(root=root)
+        with pytest.raises(ArchiveMissingError, match=says) as raised:
+            archive.check_exists()
+        assert str(raised.value).startswith(f"ARCHIVE_ROOT {root}")

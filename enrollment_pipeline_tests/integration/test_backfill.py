@@ -223,3 +223,27 @@ def test_publish_leads_true_publishes_the_leads_of_the_archived_events(
         publish_leads=publish,
     )
     assert again.leads_published == 0  # a replay publishes no lead twice
+
+
+def test_a_backfill_from_a_missing_folder_fails_naming_archive_root(
+    pipeline: Pipeline, tmp_path: Path
+):
+    """Without the check it succeeded with zero files: every day looked empty."""
+    missing = tmp_path / "not-mounted"
+    partitions = dg.DailyPartitionsDefinition(start_date="2024-01-01", timezone="UTC")
+    job = dg.Definitions(
+        assets=[historic_enrollment_events_asset(partitions)],
+        jobs=[dg.define_asset_job("backfill", selection=[HISTORIC_EVENTS])],
+        resources=as_resources({**pipeline.resources(), "archive": Archive(root=str(missing))}),
+    ).resolve_job_def("backfill")
+    result = job.execute_in_process(
+        tags={
+            "dagster/asset_partition_range_start": "2024-03-01",
+            "dagster/asset_partition_range_end": "2024-03-03",
+        },
+        raise_on_error=False,
+    )
+    assert not result.success
+    failure = result.failure_data_for_node("historic_enrollment_events").error
+    assert f"ARCHIVE_ROOT {missing} does not exist" in failure.message
+    assert pipeline.applications() == {}

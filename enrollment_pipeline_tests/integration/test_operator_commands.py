@@ -92,8 +92,8 @@ def test_dead_letters_list_show_and_redrive(cli, kafka, mongo, topic, lead_topic
     listed = cli("dead-letters", "list", "--reason", "null_key")
     assert letter["_id"] in listed.output
 
-    shown = cli("dead-letters", "show", letter["_id"])
-    assert json.loads(shown.output)["raw"] == json.dumps(good)
+    shown = cli("dead-letters", "show", letter["_id"], "--json", "--reveal")
+    assert json.loads(shown.stdout)["raw"] == json.dumps(good)
 
     still_bad = cli("dead-letters", "redrive", letter["_id"])
     assert "re-driven: 0; still rejected: 1" in still_bad.output
@@ -168,3 +168,88 @@ def test_offsets_reset_per_partition_shows_before_and_after_and_never_skips_by_a
     assert unknown.output.strip().splitlines() == [
         f"Error: {topic} has no partition 99 (it has 0, 1, 2)"
     ]
+
+
+CONTACT = ("Jane", "Doe", "jane.doe@example.com", "+1-555-0100", "1990-04-01", "Ada Broker")
+
+
+def test_dead_letters_show_masks_contact_values_unless_revealed(
+    cli, kafka, mongo, topic, lead_topic
+):
+    no_key = f.submitted("APP-77", 0)
+    cut_short = json.dumps(f.submitted("APP-78", 1))[:-60]  # not JSON, contact values inside
+    kafka.produce_batch(
+        topic, [(None, json.dumps(no_key).encode()), (b"APP-78", cut_short.encode())]
+    )
+    ingest_all(kafka, mongo, topic, lead_topic)
+    letters = {d["reason"]: d["_id"] for d in mongo.db()[DEAD_LETTERS].find()}
+    assert set(letters) == {"null_key", "invalid_json"}
+
+    for reason, app_id in (("null_key", "APP-77"), ("invalid_json", "APP-78")):
+        shown = cli("dead-letters", "show", letters[reason])
+        assert shown.exit_code == 0
+        assert "ApplicationSubmitted" in shown.stdout and app_id in shown.stdout
+        assert f"reason       {reason}" in shown.stdout
+        assert not [value for value in CONTACT if value in shown.output], shown.output
+        as_json = json.loads(cli("dead-letters", "show", letters[reason], "--json").stdout)
+        assert as_json["masked"] is True and as_json["reason"] == reason
+        assert not [value for value in CONTACT if value in json.dumps(as_json)]
+        revealed = cli("dead-letters", "show", letters[reason], "--reveal")
+        assert all(value in revealed.stdout for value in CONTACT[:4])
+
+
+def test_dead_letters_list_checks_the_reason_and_says_n_of_m(cli, kafka, mongo, topic, lead_topic):
+    kafka.produce_batch(topic, [(None, b"{}"), (None, b"[]"), f.record(f.submitted("APP-1", 0))])
+    ingest_all(kafka, mongo, topic, lead_topic)
+
+    typo = cli("dead-letters", "list", "--reason", "schema_violaton")
+    assert typo.exit_code == 2  # a usage error, before anything is read
+    assert "'schema_violaton' is not one of" in typo.stderr
+    assert "'schema_violation'" in typo.stderr and "'crm_rejected'" in typo.stderr
+
+    cut = cli("dead-letters", "list", "--limit", "1")
+    assert cut.exit_code == 0
+    assert "1 of 2 open dead letters; the newest 1 shown, --limit shows more" in cut.stderr
+    assert len(cut.stdout.strip().splitlines()) == 2  # the header and one letter
+    listed = json.loads(cli("dead-letters", "list", "--limit", "1", "--json").stdout)
+    assert (listed["total"], listed["shown"], listed["truncated"]) == (2, 1, True)
+    whole = json.loads(cli("dead-letters", "list", "--json").stdout)
+    assert (whole["total"], whole["truncated"]) == (2, False)
+    assert {d["reason"] for d in whole["dead_letters"]} == {"schema_violation"}
+
+
+def test_offsets_show_groups_with_totals_and_filters(cli, kafka, mongo, topic, lead_topic):
+    kafka.produce_batch(topic, [f.record(f.submitted(f"APP-{i}", i)) for i in range(9)])
+    ingest_all(kafka, mongo, topic, lead_topic)
+    kafka.produce_batch(topic, [f.record(f.submitted(f"APP-{i}", i)) for i in range(9, 12)])
+
+    shown = json.loads(cli("offsets", "show", "--json").stdout)
+    groups = {g["group"]: g for g in shown["groups"]}
+    assert set(groups) == {*ENROLLMENT_GROUPS, "lead-integration-service"}
+    assert groups[READ_MODEL_GROUP]["lag"] == 3 and groups[READ_MODEL_GROUP]["end"] == 12
+    assert sum(p["lag"] for p in groups[READ_MODEL_GROUP]["partitions"]) == 3
+    leads = groups["lead-integration-service"]
+    assert leads["topic"] == lead_topic and leads["lag"] == 9  # nine leads, none delivered
+    assert shown["lag"] == 3 * 3 + 9
+
+    only = json.loads(cli("offsets", "show", "--group", READ_MODEL_GROUP, "--json").stdout)
+    assert [g["group"] for g in only["groups"]] == [READ_MODEL_GROUP]
+    by_topic = json.loads(cli("offsets", "show", "--topic", lead_topic, "--json").stdout)
+    assert [g["group"] for g in by_topic["groups"]] == ["lead-integration-service"]
+
+    table = cli("offsets", "show", "--group", READ_MODEL_GROUP).stdout  # piped: plain
+    assert not set(table) & set("┏┃━│└┡")
+    header, *rows = table.strip().splitlines()
+    assert header.split() == [
+        "group",
+        "topic",
+        "partition",
+        "committed",
+        "in",
+        "kafka",
+        "end",
+        "lag",
+    ]
+    total = rows[-1].split()
+    assert total[:3] == [READ_MODEL_GROUP, topic, "total"] and total[-2:] == ["12", "3"]
+    assert len({len(row) for row in rows}) == 1  # right-aligned numbers end in one column

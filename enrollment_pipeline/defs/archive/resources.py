@@ -9,6 +9,7 @@ from pydantic import Field
 
 from enrollment_pipeline.defs.aws_config import aws_config
 from enrollment_pipeline.lib.clients.archive import Archive
+from enrollment_pipeline.lib.settings_errors import load
 from enrollment_pipeline.settings import ArchiveSettings
 
 
@@ -32,4 +33,6 @@ class ArchiveResource(ResourceWithBoto3Configuration):
 
 @dg.definitions
 def defs() -> dg.Definitions:
-    return dg.Definitions(resources={"archive": ArchiveResource.from_settings(ArchiveSettings())})
+    return dg.Definitions(
+        resources={"archive": ArchiveResource.from_settings(load(ArchiveSettings))}
+    )

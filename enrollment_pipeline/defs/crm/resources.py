@@ -9,6 +9,7 @@ from pydantic import Field
 
 from enrollment_pipeline.defs.secrets import secret_env
 from enrollment_pipeline.lib.clients.crm import RETRY_AFTER_MAX_S, CrmClient
+from enrollment_pipeline.lib.settings_errors import load
 from enrollment_pipeline.settings import CrmSettings
 
 
@@ -52,4 +53,4 @@ class CrmResource(dg.ConfigurableResource):
 
 @dg.definitions
 def defs() -> dg.Definitions:
-    return dg.Definitions(resources={"crm": CrmResource.from_settings(CrmSettings())})
+    return dg.Definitions(resources={"crm": CrmResource.from_settings(load(CrmSettings))})

@@ -18,6 +18,7 @@ from enrollment_pipeline.lib.clients.email import (
     SmtpEmailSender,
     email_sender,
 )
+from enrollment_pipeline.lib.settings_errors import load
 from enrollment_pipeline.settings import EmailSettings
 
 
@@ -69,4 +70,4 @@ def email_resource(settings: EmailSettings) -> EmailResource:
 
 @dg.definitions
 def defs() -> dg.Definitions:
-    return dg.Definitions(resources={"email": email_resource(EmailSettings())})
+    return dg.Definitions(resources={"email": email_resource(load(EmailSettings))})

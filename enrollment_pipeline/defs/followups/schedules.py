@@ -5,6 +5,7 @@ import dagster as dg
 from enrollment_pipeline.defs.followups.assets import FollowupRunConfig
 from enrollment_pipeline.defs.followups.jobs import send_broker_followups
 from enrollment_pipeline.domain.events import to_utc
+from enrollment_pipeline.lib.settings_errors import load
 from enrollment_pipeline.settings import FollowupSettings
 
 
@@ -33,4 +34,4 @@ def followup_schedule(settings: FollowupSettings) -> dg.ScheduleDefinition:
 
 @dg.definitions
 def defs() -> dg.Definitions:
-    return dg.Definitions(schedules=[followup_schedule(FollowupSettings())])
+    return dg.Definitions(schedules=[followup_schedule(load(FollowupSettings))])

@@ -13,7 +13,9 @@ from enrollment_pipeline.defs.mongo.resources import MongoResource
 from enrollment_pipeline.defs.pools import READ_MODEL_POOL
 from enrollment_pipeline.defs.settings.resources import PipelineSettingsResource
 from enrollment_pipeline.lib.backfill import backfill_days
+from enrollment_pipeline.lib.clients.archive import ArchiveMissingError
 from enrollment_pipeline.lib.mongo.store import EnrollmentStore
+from enrollment_pipeline.lib.settings_errors import load
 from enrollment_pipeline.settings import ArchiveSettings
 
 
@@ -30,7 +32,7 @@ def archive_spec() -> dg.AssetSpec:
 
 def archive_partitions() -> dg.DailyPartitionsDefinition:
     """One partition per archive day (UTC), from ARCHIVE_START_DATE."""
-    start = ArchiveSettings().archive_start_date
+    start = load(ArchiveSettings).archive_start_date
     return dg.DailyPartitionsDefinition(start_date=start.isoformat(), timezone="UTC")
 
 
@@ -74,10 +76,15 @@ def historic_enrollment_events_asset(partitions: dg.DailyPartitionsDefinition):
             else None
         )
         db = mongo.get_client()
+        source = archive.get_client()
+        try:  # a missing ARCHIVE_ROOT fails here, not as days without files
+            source.check_exists()
+        except ArchiveMissingError as exc:
+            raise dg.Failure(description=str(exc)) from None
         limits = settings.input_limits()
         with db.explained_errors():
             report = backfill_days(
-                archive.get_client(),
+                source,
                 EnrollmentStore.of(db, max_raw_bytes=limits.max_raw_bytes),
                 days,
                 lease=settings.writer_lease(

@@ -5,6 +5,8 @@ are the outputs of one multi-asset, so the asset graph shows where they come fro
 sensor keeps them fresh.
 """
 
+from typing import Any
+
 import dagster as dg
 
 from enrollment_pipeline.defs.datasets import (
@@ -82,7 +84,10 @@ def ingest_offset_range(
             run_id=context.run.run_id,
         )
     report: BatchReport = result.report
-    common = {"offset_ranges": range_metadata(plan), "events_read": report.events_read}
+    common: dict[str, Any] = {
+        "offset_ranges": range_metadata(plan),
+        "events_read": report.events_read,
+    }
     yield dg.MaterializeResult(
         asset_key=APPLICATIONS,
         metadata={

@@ -9,6 +9,7 @@ from pydantic import Field, PrivateAttr
 
 from enrollment_pipeline.defs.secrets import secret_env
 from enrollment_pipeline.lib.clients.kafka import KafkaClient, KafkaConfig
+from enrollment_pipeline.lib.settings_errors import load
 from enrollment_pipeline.settings import KafkaSettings
 
 
@@ -51,4 +52,4 @@ class KafkaResource(dg.ConfigurableResource):
 
 @dg.definitions
 def defs() -> dg.Definitions:
-    return dg.Definitions(resources={"kafka": KafkaResource.from_settings(KafkaSettings())})
+    return dg.Definitions(resources={"kafka": KafkaResource.from_settings(load(KafkaSettings))})

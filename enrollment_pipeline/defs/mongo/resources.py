@@ -7,6 +7,7 @@ from pydantic import Field, PrivateAttr
 
 from enrollment_pipeline.defs.secrets import secret_env
 from enrollment_pipeline.lib.clients.mongo import MongoConfig, MongoConnection
+from enrollment_pipeline.lib.settings_errors import load
 from enrollment_pipeline.settings import MongoSettings
 
 # (uri, database) pairs whose indexes this process has made sure of: once is enough.
@@ -73,4 +74,4 @@ class MongoResource(dg.ConfigurableResource):
 
 @dg.definitions
 def defs() -> dg.Definitions:
-    return dg.Definitions(resources={"mongo": MongoResource.from_settings(MongoSettings())})
+    return dg.Definitions(resources={"mongo": MongoResource.from_settings(load(MongoSettings))})

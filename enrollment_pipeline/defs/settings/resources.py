@@ -19,6 +19,7 @@ from enrollment_pipeline.lib.ingestion.limits import InputLimits
 from enrollment_pipeline.lib.leads.delivery import LeadDeliveryPolicy
 from enrollment_pipeline.lib.mongo.collections import Document
 from enrollment_pipeline.lib.mongo.lease import LeasePolicy, WriterLease, default_owner
+from enrollment_pipeline.lib.settings_errors import load
 from enrollment_pipeline.settings import PipelineSettings
 
 
@@ -97,5 +98,5 @@ class PipelineSettingsResource(dg.ConfigurableResource):
 @dg.definitions
 def defs() -> dg.Definitions:
     return dg.Definitions(
-        resources={"settings": PipelineSettingsResource.from_settings(PipelineSettings())}
+        resources={"settings": PipelineSettingsResource.from_settings(load(PipelineSettings))}
     )

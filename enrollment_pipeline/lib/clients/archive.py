@@ -47,6 +47,10 @@ class ArchiveTailError(RuntimeError):
         self.file, self.line, self.detail = file, line, detail
 
 
+class ArchiveMissingError(RuntimeError):
+    """ARCHIVE_ROOT names no folder, bucket or file: a backfill would read nothing at all."""
+
+
 @dataclass(frozen=True)
 class Archive:
     """ARCHIVE_ROOT (a folder, or s3:// with AWS_REGION / AWS_ENDPOINT_URL)."""
@@ -69,6 +73,30 @@ class Archive:
     def _s3(self) -> Any:
         # A stalled S3 read fails the run instead of waiting (botocore waits 60 s by default).
         return boto3_client(self.aws, "s3", connect_timeout=10, read_timeout=30)
+
+    def check_exists(self) -> None:
+        """Fail, naming ARCHIVE_ROOT, when the folder is missing (or the bucket, or every file
+        under the prefix): else a backfill would succeed with zero files."""
+        fix = "set ARCHIVE_ROOT to the archive's folder or s3://bucket/prefix"
+        if not self.is_s3:
+            path = Path(self.root)
+            if not path.is_dir():
+                what = "is a file, not a folder" if path.exists() else "does not exist"
+                raise ArchiveMissingError(f"ARCHIVE_ROOT {self.root} {what}; {fix}")
+            return
+        bucket, prefix = self._bucket_prefix()
+        try:
+            found = self._s3().list_objects_v2(
+                Bucket=bucket, Prefix=f"{prefix}/" if prefix else "", MaxKeys=1
+            )
+        except ClientError as exc:
+            code = exc.response.get("Error", {}).get("Code", "error")
+            raise ArchiveMissingError(
+                f"ARCHIVE_ROOT {self.root}: S3 answered {code}; {fix}, and check AWS_REGION, "
+                "AWS_ENDPOINT_URL and the AWS credentials"
+            ) from None
+        if not found.get("KeyCount"):
+            raise ArchiveMissingError(f"ARCHIVE_ROOT {self.root} holds no file; {fix}")
 
     def files_for_day(self, day: date) -> list[str]:
         """Names of the day's files that exist (none is an empty day, not an error)."""

@@ -25,7 +25,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
-from kafka.errors import KafkaError, RetriableError, TopicAlreadyExistsError
+from kafka.errors import (
+    KafkaError,
+    KafkaTimeoutError,
+    RetriableError,
+    TopicAlreadyExistsError,
+)
 from kafka.structs import OffsetAndMetadata
 from tenacity import retry, retry_if_exception_type, stop_after_delay, wait_fixed
 
@@ -302,8 +307,16 @@ class KafkaClient:
             client._net.stop()
 
     def _unavailable(self, exc: Exception) -> KafkaUnavailableError:
+        """One line: how long it waited (a cluster that never answers costs the whole
+        bootstrap timeout), why, and the settings to check."""
+        reason = " ".join(str(exc).split())
+        if not reason.startswith(type(exc).__name__):  # kafka-python's messages start with it
+            reason = f"{type(exc).__name__}: {reason}"
+        waited = ""
+        if isinstance(exc, KafkaTimeoutError):
+            waited = f" within {self.config.bootstrap_timeout_ms / 1000:g} s"
         return KafkaUnavailableError(
-            f"Kafka at {self.bootstrap_servers} did not answer ({type(exc).__name__}: {exc}); "
+            f"Kafka at {self.bootstrap_servers} did not answer{waited} ({reason}); "
             "check KAFKA_BOOTSTRAP_SERVERS and KAFKA_SECURITY_PROTOCOL"
         )
 

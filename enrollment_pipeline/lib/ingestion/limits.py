@@ -24,10 +24,14 @@ class _IngestLimits(Protocol):
     """INGEST_MAX_RECORD_BYTES, EVENT_TIME_MIN/MAX, DEAD_LETTER_MAX_RAW_BYTES: the settings
     group, or the settings resource (which keeps the instants as ISO strings)."""
 
-    ingest_max_record_bytes: int
-    event_time_min: datetime | str
-    event_time_max: datetime | str
-    dead_letter_max_raw_bytes: int
+    @property
+    def ingest_max_record_bytes(self) -> int: ...
+    @property
+    def event_time_min(self) -> datetime | str: ...
+    @property
+    def event_time_max(self) -> datetime | str: ...
+    @property
+    def dead_letter_max_raw_bytes(self) -> int: ...
 
 
 def _instant(value: datetime | str) -> datetime:

@@ -66,9 +66,12 @@ class CrmUnavailableError(RuntimeError):
 class _Limits(Protocol):
     """The LEAD_* limits: `LeadDeliverySettings`, or the settings resource."""
 
-    lead_run_budget_seconds: float
-    lead_concurrency: int
-    lead_park_minutes: float
+    @property
+    def lead_run_budget_seconds(self) -> float: ...
+    @property
+    def lead_concurrency(self) -> int: ...
+    @property
+    def lead_park_minutes(self) -> float: ...
 
 
 @dataclass(frozen=True)

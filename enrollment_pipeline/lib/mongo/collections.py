@@ -44,6 +44,10 @@ INDEXES: dict[str, list[IndexModel]] = {
     ],
     DEAD_LETTERS: [
         IndexModel([("reason", ASCENDING), ("last_seen_at", ASCENDING)], name="reason_time"),
+        # `status`: open letters by reason; `explain`: the letters that name an application.
+        IndexModel([("status", ASCENDING), ("reason", ASCENDING)], name="status_reason"),
+        IndexModel([("key", ASCENDING)], name="key"),
+        IndexModel([("source.application_id", ASCENDING)], name="source_application_id"),
     ],
     LEAD_DELIVERIES: [
         IndexModel([("application_id", ASCENDING), ("status", ASCENDING)], name="application"),

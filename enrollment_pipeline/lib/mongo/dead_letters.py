@@ -167,15 +167,30 @@ class DeadLetterStore:
         limit: int = 50,
     ) -> list[dict[str, Any]]:
         """The newest letters first, filtered by reason, time last seen and status."""
-        query: dict[str, Any] = {}
-        if reason:
-            query["reason"] = reason
-        if since:
-            query["last_seen_at"] = {"$gte": since}
-        if status:
-            query["status"] = status
+        query = _query(reason=reason, since=since, status=status)
         cursor = self.collection.find(query).sort("last_seen_at", DESCENDING).limit(limit)
         return list(cursor)
 
+    def count(
+        self,
+        *,
+        reason: str | None = None,
+        since: datetime | None = None,
+        status: str | None = OPEN,
+    ) -> int:
+        """How many letters `listing` would give without its limit."""
+        return self.collection.count_documents(_query(reason=reason, since=since, status=status))
+
     def count_first_seen_since(self, since: datetime) -> int:
         return self.collection.count_documents({"first_seen_at": {"$gte": since}})
+
+
+def _query(*, reason: str | None, since: datetime | None, status: str | None) -> dict[str, Any]:
+    query: dict[str, Any] = {}
+    if reason:
+        query["reason"] = reason
+    if since:
+        query["last_seen_at"] = {"$gte": since}
+    if status:
+        query["status"] = status
+    return query

@@ -77,9 +77,12 @@ class LeasePolicy:
 class _LeaseSettings(Protocol):
     """WRITER_LEASE_*: `MongoSettings`, or the settings resource."""
 
-    writer_lease_ttl_seconds: float
-    writer_lease_wait_seconds: float
-    writer_lease_grace_seconds: float
+    @property
+    def writer_lease_ttl_seconds(self) -> float: ...
+    @property
+    def writer_lease_wait_seconds(self) -> float: ...
+    @property
+    def writer_lease_grace_seconds(self) -> float: ...
 
 
 def default_owner() -> str:
