@@ -11,11 +11,13 @@ size of a day's file.
 from __future__ import annotations
 
 import dataclasses
+import tempfile
 import time
-from collections import Counter, defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
+from pathlib import Path
+from typing import Any
 
 from enrollment_pipeline.domain.events import (
     EnrollmentEvent,
@@ -27,15 +29,19 @@ from enrollment_pipeline.lib.clients.archive import Archive, ArchiveLine, Archiv
 from enrollment_pipeline.lib.ingestion.batch import (
     BatchReport,
     PublishLeads,
-    apply_parsed,
+    StoredBatch,
+    fold_batch,
+    normalized,
     plan_writes,
+    store_batch,
 )
 from enrollment_pipeline.lib.ingestion.limits import DEFAULT_LIMITS, InputLimits
-from enrollment_pipeline.lib.mongo.collections import APPLICATIONS, ENROLLMENT_EVENTS
+from enrollment_pipeline.lib.mongo.collections import APPLICATIONS, ENROLLMENT_EVENTS, INDEXES
 from enrollment_pipeline.lib.mongo.dead_letters import DeadLetter
 from enrollment_pipeline.lib.mongo.lease import WriterLease, holding
 from enrollment_pipeline.lib.mongo.store import EnrollmentStore
 from enrollment_pipeline.lib.sources import Source, archive_source
+from enrollment_pipeline.lib.spill import Spill, by_application
 
 # Documents a streamed read asks for at a time: each getMore stays a short command.
 _STREAM_BATCH = 2_000
@@ -82,62 +88,133 @@ def backfill_days(
     publish_leads: PublishLeads | None = None,
     chunk_lines: int = 5_000,
     limits: InputLimits = DEFAULT_LIMITS,
+    fold_group: int = 50_000,
+    spill_dir: Path | None = None,
 ) -> BackfillReport:
     """Apply every line of the days' files; bad lines and corrupt tails are dead-lettered.
-    The writers' `lease` is held for the whole run."""
-    with holding(lease):
-        return _backfill_days(
-            archive,
-            store.guarded(lease),
-            days,
-            publish_leads=publish_leads,
-            chunk_lines=chunk_lines,
-            limits=limits,
+
+    The run knows every event of its range before it writes the read model: it stores them
+    first (chunk by chunk, `insert_many`), then folds each touched application once and
+    writes it once (new documents by `insert_many`). The events wait for the fold on disk,
+    hashed by application into shards (`lib/spill.py`), and are folded a group of shards of
+    about `fold_group` events at a time, so memory stays bounded whatever the range. The
+    writers' `lease` is held for the whole run.
+    """
+    with holding(lease), tempfile.TemporaryDirectory(prefix="backfill-", dir=spill_dir) as tmp:
+        return _Backfill(store.guarded(lease), publish_leads, limits, Spill(Path(tmp))).run(
+            archive, days, chunk_lines=chunk_lines, fold_group=fold_group
         )
 
 
-def _backfill_days(
-    archive: Archive,
-    store: EnrollmentStore,
-    days: Iterable[date],
-    *,
-    publish_leads: PublishLeads | None,
-    chunk_lines: int,
-    limits: InputLimits,
-) -> BackfillReport:
-    started = time.monotonic()
-    report = BackfillReport()
-    chunk: list[tuple[Source, EnrollmentEvent | Rejection]] = []
+class _Backfill:
+    def __init__(
+        self,
+        store: EnrollmentStore,
+        publish_leads: PublishLeads | None,
+        limits: InputLimits,
+        spill: Spill,
+    ) -> None:
+        self.store, self.publish_leads, self.limits, self.spill = (
+            store,
+            publish_leads,
+            limits,
+            spill,
+        )
+        self.report = BackfillReport()
+        self.batch_report = BatchReport()
+        self.now = datetime.now(UTC)
 
-    def flush() -> None:
-        if chunk:
-            report.add(apply_parsed(store, chunk, publish_leads=publish_leads))
-            chunk.clear()
+    def _count_letter(self, reason: RejectReason, *, read: bool) -> None:
+        self.batch_report.events_read += read
+        self.batch_report.dead_lettered += 1
+        _count(self.batch_report.dead_letter_reasons, str(reason))
 
-    for day in days:
-        report.days += 1
-        for name in archive.files_for_day(day):
-            report.files += 1
-            try:
-                for line in archive.lines(name, max_line_bytes=limits.max_record_bytes):
-                    source = archive_source(name, line.line, line.raw)
-                    if line.oversized:  # read only in part: its letter keeps size and hash
-                        _dead_letter_oversized(store, source, line)
-                        report.lines_read += 1
-                        report.dead_lettered += 1
-                        _count(report.dead_letter_reasons, str(RejectReason.OVERSIZED))
-                        continue
-                    chunk.append((source, limits.archive_line(line.raw)))
-                    if len(chunk) >= chunk_lines:
-                        flush()
-            except ArchiveTailError as exc:
-                flush()
-                _dead_letter_tail(store, exc)
-                report.dead_lettered += 1
-                _count(report.dead_letter_reasons, str(RejectReason.ARCHIVE_UNREADABLE))
-            flush()
-    report.seconds = time.monotonic() - started
-    return report
+    def run(
+        self, archive: Archive, days: Iterable[date], *, chunk_lines: int, fold_group: int
+    ) -> BackfillReport:
+        started = time.monotonic()
+        chunk: list[tuple[Source, EnrollmentEvent | Rejection]] = []
+        for day in days:
+            self.report.days += 1
+            for name in archive.files_for_day(day):
+                self.report.files += 1
+                try:
+                    for line in archive.lines(name, max_line_bytes=self.limits.max_record_bytes):
+                        source = archive_source(name, line.line, line.raw)
+                        if line.oversized:  # read only in part: its letter keeps size and hash
+                            _dead_letter_oversized(self.store, source, line)
+                            self.batch_report.events_read += 1
+                            self.batch_report.dead_lettered += 1
+                            _count(
+                                self.batch_report.dead_letter_reasons, str(RejectReason.OVERSIZED)
+                            )
+                            continue
+                        chunk.append((source, self.limits.archive_line(line.raw)))
+                        if len(chunk) >= chunk_lines:
+                            self._store(chunk)
+                except ArchiveTailError as exc:
+                    self._store(chunk)
+                    _dead_letter_tail(self.store, exc)
+                    self.batch_report.dead_lettered += 1
+                    _count(
+                        self.batch_report.dead_letter_reasons, str(RejectReason.ARCHIVE_UNREADABLE)
+                    )
+                self._store(chunk)
+        for group in self.spill.groups(max_records=fold_group):
+            self._fold(group)
+        self.report.add(self.batch_report)
+        self.report.seconds = time.monotonic() - started
+        return self.report
+
+    def _store(self, chunk: list[tuple[Source, EnrollmentEvent | Rejection]]) -> None:
+        """Phase one: dead letters and new events stored; what the fold needs, spilled."""
+        if not chunk:
+            return
+        self.batch_report.events_read += len(chunk)
+        batch = store_batch(
+            self.store,
+            chunk,
+            now=datetime.now(UTC),
+            report=self.batch_report,
+            leads_owed=self.publish_leads is not None,
+            run_started=self.now,
+        )
+        chunk.clear()
+        for app_id, events in batch.by_app.items():
+            if not events:  # only a conflicting copy: refold what the store holds
+                self.spill.add(app_id, {"a": app_id})
+            for event in events:
+                self.spill.add(
+                    app_id,
+                    {
+                        "a": app_id,
+                        "e": event.to_document(),
+                        "before": event.event_id in batch.stored_before,
+                        "owed": event.event_id in batch.unpublished,
+                    },
+                )
+
+    def _fold(self, records: list[dict[str, Any]]) -> None:
+        """Phase two: each application of the group folded once, written once."""
+        batch = StoredBatch()
+        for app_id, rows in by_application(records).items():
+            events = batch.by_app.setdefault(app_id, [])
+            for row in rows:
+                if "e" not in row:
+                    continue
+                event = EnrollmentEvent.from_stored(row["e"])
+                events.append(event)
+                if row["before"]:
+                    batch.stored_before.add(event.event_id)
+                if row["owed"]:
+                    batch.unpublished.add(event.event_id)
+        fold_batch(
+            self.store,
+            batch,
+            publish_leads=self.publish_leads,
+            now=self.now,
+            report=self.batch_report,
+        )
 
 
 def _count(counts: dict[str, int], reason: str) -> None:
@@ -172,8 +249,11 @@ class RebuildReport:
     events: int = 0
     documents_changed: int = 0
     documents_created: int = 0
+    documents_removed: int = 0  # documents of no stored event
     followups_written: int = 0
-    passes: int = 0  # streamed reads of the event store after the counting one
+    passes: int = 0  # streamed reads of the event store
+    groups: int = 0  # groups of applications folded (each held in memory alone)
+    swapped: bool = False  # the rebuilt collection replaced `applications`
     seconds: float = 0.0
 
 
@@ -181,80 +261,70 @@ def rebuild_read_model(
     store: EnrollmentStore,
     *,
     lease: WriterLease | None,
-    events_per_pass: int = 50_000,
-    page_size: int = 500,
+    fold_group: int = 50_000,
+    spill_dir: Path | None = None,
 ) -> RebuildReport:
-    """Refold every application from the event store, under the writers' `lease`."""
-    with holding(lease):
-        return _rebuild(store.guarded(lease), events_per_pass=events_per_pass, page_size=page_size)
+    """Refold every application from the event store, under the writers' `lease`.
 
-
-def _rebuild(store: EnrollmentStore, *, events_per_pass: int, page_size: int) -> RebuildReport:
-    """Refold every application of the event store and write what differs (the fold-owned
-    follow-up fields only).
-
-    The store is read by streaming it, never by one big query: a `$group` or a `$in` over
-    hundreds of thousands of events is a single command that FerretDB answers only after
-    scanning everything in Go, longer than MONGO_TIMEOUT_MS. A first pass counts each
-    application's events; the applications are then split into buckets of at most
-    `events_per_pass` events, and each bucket is one more streamed pass that keeps only its
-    own events in memory, so memory stays bounded whatever the store's size.
+    One streamed pass reads the event store (never one big query: FerretDB answers a `$group`
+    or a `$in` over the whole store only after scanning it in Go, past MONGO_TIMEOUT_MS) and
+    spills each event to the shard of its application (`lib/spill.py`). Each group of shards
+    is then folded, and every application written once by `insert_many` into a fresh
+    collection, `applications_rebuild`: inserts run at the store's speed, where replacing
+    every document of a stale read model runs at its (much lower) update speed. The existing
+    documents are read in pages only to count what differs; when something does, the fresh
+    collection replaces `applications` while the lease holds every other writer off (drop,
+    then rename: FerretDB v1's `renameCollection` has no `dropTarget`). The fold-owned fields of
+    the follow-up queue are written in place, and the email job's fields (`retry_count`,
+    attempts, the PENDING escalation, so `broker_followup_status`) are carried over from it.
     """
+    with holding(lease), tempfile.TemporaryDirectory(prefix="rebuild-", dir=spill_dir) as tmp:
+        return _rebuild(store.guarded(lease), Spill(Path(tmp)), fold_group=fold_group)
+
+
+REBUILD_TARGET = f"{APPLICATIONS}_rebuild"
+
+
+def _rebuild(store: EnrollmentStore, spill: Spill, *, fold_group: int) -> RebuildReport:
     started = time.monotonic()
-    report = RebuildReport()
-    events = store.db[ENROLLMENT_EVENTS]
-    counts: Counter[str] = Counter(
-        doc["application_id"]
-        for doc in events.find({}, {"application_id": 1, "_id": 0}).batch_size(_STREAM_BATCH)
-    )
-    for bucket in _buckets(counts, events_per_pass):
-        report.passes += 1
-        histories: dict[str, list[EnrollmentEvent]] = defaultdict(list)
-        for doc in events.find({}, {"application_id": 1, "event": 1}).batch_size(_STREAM_BATCH):
-            if doc["application_id"] in bucket:
-                histories[doc["application_id"]].append(EnrollmentEvent.from_document(doc["event"]))
-        for page in _pages(sorted(bucket), page_size):
-            folds = {app: fold_history(app, histories.pop(app)) for app in page}
-            existing_apps = store.applications(folds)
-            writes = plan_writes(folds, existing_apps, store.followups(folds), BatchReport())
-            store.write_applications(writes.new_apps, writes.changed_apps)
-            store.write_followups(writes.new_followups, writes.followup_updates)
-            report.applications += len(folds)
-            report.events += sum(counts[app] for app in page)
-            report.documents_created += len(writes.new_apps)
-            report.documents_changed += len(writes.changed_apps)
-            report.followups_written += len(writes.new_followups) + len(writes.followup_updates)
-    # Documents without a stored event cannot be the fold of anything.
-    orphans = [
-        doc["_id"]
-        for doc in store.db[APPLICATIONS].find({}, {"_id": 1}).batch_size(_STREAM_BATCH)
-        if doc["_id"] not in counts
-    ]
-    for chunk in _pages(orphans, 1_000):
-        store.writer.guard()
-        store.db[APPLICATIONS].delete_many({"_id": {"$in": chunk}})
-    report.documents_changed += len(orphans)
+    report = RebuildReport(passes=1)
+    seen: set[str] = set()
+    cursor = store.db[ENROLLMENT_EVENTS].find({}, {"application_id": 1, "event": 1, "_id": 0})
+    for doc in cursor.batch_size(_STREAM_BATCH):
+        spill.add(doc["application_id"], {"a": doc["application_id"], "e": doc["event"]})
+        seen.add(doc["application_id"])
+        report.events += 1
+    target = store.db[REBUILD_TARGET]
+    target.drop()  # what a crashed rebuild left
+    target.create_indexes(list(INDEXES[APPLICATIONS]))
+    for group in spill.groups(max_records=fold_group):
+        report.groups += 1
+        rows = by_application(group)
+        folds = {
+            app: fold_history(app, [EnrollmentEvent.from_stored(r["e"]) for r in events])
+            for app, events in rows.items()
+        }
+        existing = store.applications(folds)
+        writes = plan_writes(folds, {}, store.followups(folds), BatchReport())
+        store.writer.insert_new(target, writes.new_apps)
+        store.write_followups(writes.new_followups, writes.followup_updates)
+        report.applications += len(folds)
+        report.followups_written += len(writes.new_followups) + len(writes.followup_updates)
+        for document in writes.new_apps:
+            before = existing.get(document["_id"])
+            if before is None:
+                report.documents_created += 1
+            elif normalized(before) != normalized(document):
+                report.documents_changed += 1
+    # Documents of no stored event cannot be the fold of anything: counted, then gone.
+    for doc in store.db[APPLICATIONS].find({}, {"_id": 1}).batch_size(_STREAM_BATCH):
+        report.documents_removed += doc["_id"] not in seen
+    if report.documents_created or report.documents_changed or report.documents_removed:
+        store.writer.guard()  # still the holder: nobody else writes during the swap
+        store.db[APPLICATIONS].drop()
+        target.rename(APPLICATIONS)
+        report.swapped = True
+    else:
+        target.drop()  # a rebuild of an unchanged read model writes nothing
     report.seconds = time.monotonic() - started
     return report
-
-
-def _buckets(counts: Counter[str], events_per_pass: int) -> list[set[str]]:
-    """Applications in id order, cut into sets of at most `events_per_pass` events (an
-    application with more goes alone)."""
-    buckets: list[set[str]] = []
-    current: set[str] = set()
-    size = 0
-    for app in sorted(counts):
-        if current and size + counts[app] > events_per_pass:
-            buckets.append(current)
-            current, size = set(), 0
-        current.add(app)
-        size += counts[app]
-    if current:
-        buckets.append(current)
-    return buckets
-
-
-def _pages(items: Sequence[str], size: int) -> Iterable[list[str]]:
-    for start in range(0, len(items), size):
-        yield list(items[start : start + size])

@@ -184,17 +184,16 @@ def test_rebuild_after_losing_applications_keeps_the_email_history(
     assert any(f.get("retry_count") for f in before_followups.values())
 
     pipeline.mongo.db()[APPLICATIONS].delete_many({})
-    # Small passes and pages: the store is read in several streamed passes, as a big one is.
-    report = rebuild_read_model(
-        pipeline.store, lease=pipeline.lease(), events_per_pass=40, page_size=7
-    )
+    # Small groups: the store is folded a few applications at a time, as a big one is.
+    report = rebuild_read_model(pipeline.store, lease=pipeline.lease(), fold_group=40)
 
-    assert report.passes > 3
+    assert (report.passes, report.swapped) == (1, True) and report.groups > 3
     assert report.events == pipeline.mongo.db()["enrollment_events"].count_documents({})
     assert report.documents_created == len(before_apps)
     assert read_model(pipeline) == (before_apps, before_followups)
     again = rebuild_read_model(pipeline.store, lease=pipeline.lease())
     assert (again.documents_created, again.documents_changed, again.followups_written) == (0, 0, 0)
+    assert not again.swapped  # an unchanged read model is not written
     assert pipeline.mongo.db()[BROKER_FOLLOWUPS].count_documents({}) == len(before_followups)
 
 

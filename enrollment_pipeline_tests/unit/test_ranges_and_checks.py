@@ -51,13 +51,17 @@ def test_consumer_lag_threshold(left, passed):
     assert lag_result(left, threshold=100).passed is passed
 
 
-def test_rebuild_buckets_hold_at_most_the_events_of_one_pass():
-    from collections import Counter
+def test_a_spill_keeps_an_application_in_one_group_and_groups_bounded(tmp_path):
+    from enrollment_pipeline.lib.spill import Spill, by_application
 
-    from enrollment_pipeline.lib.backfill import _buckets
-
-    counts = Counter({"APP-1": 3, "APP-2": 4, "APP-3": 2, "APP-4": 9, "APP-5": 1})
-    buckets = _buckets(counts, 7)
-    assert buckets == [{"APP-1", "APP-2"}, {"APP-3"}, {"APP-4"}, {"APP-5"}]
-    assert set().union(*buckets) == set(counts)  # every application, once
-    assert _buckets(Counter(), 7) == []
+    spill = Spill(tmp_path, shards=8)
+    for i in range(1_000):
+        app = f"APP-{i % 97}"
+        spill.add(app, {"a": app, "n": i})
+    groups = list(spill.groups(max_records=200))
+    assert len(groups) > 3
+    assert sum(len(g) for g in groups) == 1_000
+    owners = [set(by_application(g)) for g in groups]
+    assert all(a.isdisjoint(b) for i, a in enumerate(owners) for b in owners[i + 1 :])
+    assert all(len(g) < 200 + 1_000 // 8 * 2 for g in groups)  # a group is a few shards
+    assert not list(tmp_path.iterdir())  # the files are gone once read

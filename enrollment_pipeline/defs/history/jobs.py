@@ -40,8 +40,11 @@ def refold_every_application(
                 "events": report.events,
                 "documents_changed": report.documents_changed,
                 "documents_created": report.documents_created,
+                "documents_removed": report.documents_removed,
                 "followups_written": report.followups_written,
                 "passes_over_the_event_store": report.passes,
+                "fold_groups": report.groups,
+                "swapped_in_a_fresh_collection": report.swapped,
                 "seconds": round(report.seconds, 1),
             },
         )

@@ -82,12 +82,25 @@ def no_checkpoint(step: str) -> None:
     return None
 
 
-def _normalized(value: Any) -> Any:
+def normalized(value: Any) -> Any:
+    """A document as MongoDB gives it back (datetimes at milliseconds), for comparisons."""
     if isinstance(value, dict):
-        return {k: _normalized(v) for k, v in value.items()}
+        return {k: normalized(v) for k, v in value.items()}
     if isinstance(value, list):
-        return [_normalized(v) for v in value]
+        return [normalized(v) for v in value]
     return mongo_precision(value)
+
+
+@dataclass
+class StoredBatch:
+    """What a batch stored, for the fold that follows: each touched application's events of
+    the batch (a conflicting copy leaves its application with none: it is refolded from the
+    store), the ids stored before the batch (replays, which may already be in a document) and
+    the ids whose leads are still owed."""
+
+    by_app: dict[str, list[EnrollmentEvent]] = field(default_factory=dict)
+    stored_before: set[str] = field(default_factory=set)
+    unpublished: set[str] = field(default_factory=set)
 
 
 def apply_parsed(
@@ -100,14 +113,36 @@ def apply_parsed(
 ) -> BatchReport:
     """Apply parsed inputs to the store, the read model and the queue; publish leads.
 
-    Shared by ingestion and backfill (`publish_leads=None` emits no lead). Offsets are the
+    Shared by ingestion and redrive (`publish_leads=None` emits no lead). Offsets are the
     caller's: commit them only after this returns.
     """
     now = now or datetime.now(UTC)
     report = BatchReport(events_read=len(parsed))
+    batch = store_batch(store, parsed, now=now, report=report, leads_owed=publish_leads is not None)
+    checkpoint("after_store_insert")
+    fold_batch(
+        store, batch, publish_leads=publish_leads, now=now, report=report, checkpoint=checkpoint
+    )
+    return report
+
+
+def store_batch(
+    store: EnrollmentStore,
+    parsed: Sequence[tuple[Source, EnrollmentEvent | Rejection]],
+    *,
+    now: datetime,
+    report: BatchReport,
+    leads_owed: bool,
+    run_started: datetime | None = None,
+) -> StoredBatch:
+    """Dead-letter the rejected inputs and conflicting copies, store the new events.
+
+    `leads_owed=False` (a backfill without leads) stores events as published, so no lead is
+    owed for them later either. Events stored at `run_started` (this run's earlier chunks)
+    are this run's, not replays.
+    """
     letters: list[DeadLetter] = []
     batch_events: dict[str, tuple[EnrollmentEvent, Source]] = {}
-
     for source, outcome in parsed:
         if isinstance(outcome, Rejection):
             letters.append(source.letter(outcome.reason, outcome.detail))
@@ -121,66 +156,80 @@ def apply_parsed(
             letters.append(_conflict(source, outcome.event_id, seen[1].id))
 
     stored = store.stored_events(batch_events)
+    ours = mongo_precision(run_started) if run_started is not None else None
     new_events: list[tuple[EnrollmentEvent, Mapping[str, Any]]] = []
-    unpublished: set[str] = set()
+    batch = StoredBatch()
     conflicted: set[str] = set()  # the stored copy counts, not this one
     for event_id, (event, source) in batch_events.items():
         info = stored.get(event_id)
         if info is None:
             new_events.append((event, {"id": source.id, **source.fields}))
-            unpublished.add(event_id)
+            if leads_owed:
+                batch.unpublished.add(event_id)
         elif info.content_hash != event.content_hash():
             letters.append(_conflict(source, event_id, "the event store"))
             conflicted.add(event_id)
         else:
             report.duplicates += 1
-            if not info.leads_published:
-                unpublished.add(event_id)
+            if leads_owed and not info.leads_published:
+                batch.unpublished.add(event_id)
+            if ours is None or mongo_precision(info.stored_at) != ours:
+                batch.stored_before.add(event_id)
 
     store.dead_letter(letters, now=now)
-    report.dead_lettered = len(letters)
+    report.dead_lettered += len(letters)
     for letter in letters:
         report.dead_letter_reasons[letter.reason] = (
             report.dead_letter_reasons.get(letter.reason, 0) + 1
         )
-    store.insert_events(new_events, now=now)
-    report.applied = len(new_events)
-    checkpoint("after_store_insert")
+    store.insert_events(new_events, now=run_started or now, leads_published=not leads_owed)
+    report.applied += len(new_events)
 
     # Replays and duplicates refold too: after a crash their effects may be missing.
-    batch_by_app: dict[str, list[EnrollmentEvent]] = {}
     for event_id, (event, _) in batch_events.items():
-        batch_by_app.setdefault(event.application_id, [])
+        events = batch.by_app.setdefault(event.application_id, [])
         if event_id not in conflicted:
-            batch_by_app[event.application_id].append(event)
-    report.applications_touched = len(batch_by_app)
-    existing_apps = store.applications(batch_by_app)
-    folds = _fold_touched(store, batch_by_app, set(stored), existing_apps, report)
-    existing_followups = store.followups(batch_by_app)
+            events.append(event)
+    return batch
+
+
+def fold_batch(
+    store: EnrollmentStore,
+    batch: StoredBatch,
+    *,
+    publish_leads: PublishLeads | None,
+    now: datetime,
+    report: BatchReport,
+    checkpoint: Callable[[str], None] = no_checkpoint,
+) -> None:
+    """Fold each touched application once and write what changed; then the owed leads."""
+    report.applications_touched += len(batch.by_app)
+    existing_apps = store.applications(batch.by_app)
+    folds = _fold_touched(store, batch.by_app, batch.stored_before, existing_apps, report)
+    existing_followups = store.followups(batch.by_app)
 
     writes = plan_writes(folds, existing_apps, existing_followups, report)
     checkpoint("after_read_before_write")
     store.write_applications(writes.new_apps, writes.changed_apps)
-    report.applications_written = len(writes.new_apps) + len(writes.changed_apps)
+    report.applications_written += len(writes.new_apps) + len(writes.changed_apps)
     checkpoint("after_read_model_write")
     store.write_followups(writes.new_followups, writes.followup_updates)
-    report.followups_written = len(writes.new_followups) + len(writes.followup_updates)
+    report.followups_written += len(writes.new_followups) + len(writes.followup_updates)
     checkpoint("after_followups_write")
 
-    if unpublished:
-        leads_by_source: dict[str, list[str]] = {event_id: [] for event_id in unpublished}
+    if batch.unpublished:
+        leads_by_source: dict[str, list[str]] = {event_id: [] for event_id in batch.unpublished}
         leads = []
-        if publish_leads is not None:  # a backfill without leads owes none later either
-            for app_id in sorted(folds):
-                for lead in leads_of(folds[app_id]):
-                    if lead.source_event_id in leads_by_source:
-                        leads.append(lead)
-                        leads_by_source[lead.source_event_id].append(lead.lead_event_id)
+        for app_id in sorted(folds):
+            for lead in leads_of(folds[app_id]):
+                if lead.source_event_id in leads_by_source:
+                    leads.append(lead)
+                    leads_by_source[lead.source_event_id].append(lead.lead_event_id)
+        if publish_leads is not None:
             publish_leads([(lead.application_id.encode(), lead.to_json_bytes()) for lead in leads])
-        report.leads_published = len(leads)
+            report.leads_published += len(leads)
         store.mark_leads_published(leads_by_source, now=now)
     checkpoint("after_leads_produced")
-    return report
 
 
 @dataclass
@@ -226,8 +275,8 @@ def _fold_touched(
     histories = store.events_of(reread)
     for app_id in reread:
         folds[app_id] = fold_history(app_id, histories[app_id])
-    report.applications_reread = len(reread)
-    report.events_reread = sum(len(events) for events in histories.values())
+    report.applications_reread += len(reread)
+    report.events_reread += sum(len(events) for events in histories.values())
     for app_id, events in batch_by_app.items():
         ids = {event.event_id for event in events}
         report.anomalies += sum(
@@ -271,7 +320,7 @@ def plan_writes(
             document["broker_followup_status"] = existing_followup.get("status")
         if app_id not in existing_apps:
             writes.new_apps.append(document)
-        elif _normalized(existing_apps[app_id]) != _normalized(document):
+        elif normalized(existing_apps[app_id]) != normalized(document):
             writes.changed_apps.append(document)
     return writes
 

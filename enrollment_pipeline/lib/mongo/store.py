@@ -41,6 +41,7 @@ from enrollment_pipeline.lib.mongo.writes import BoundedWriter, in_chunks
 class StoredEventInfo:
     content_hash: str
     leads_published: bool
+    stored_at: datetime | None = None
 
 
 class EnrollmentStore:
@@ -85,22 +86,40 @@ class EnrollmentStore:
             yield from self.db[collection].find({field: {"$in": chunk}}, projection)
 
     def stored_events(self, event_ids: Iterable[str]) -> dict[str, StoredEventInfo]:
-        hashes = {
-            d["_id"]: d["content_hash"]
-            for d in self._find_in(ENROLLMENT_EVENTS, "_id", event_ids, {"content_hash": 1})
+        """What the store holds of these events: their hash, when they came, and whether
+        their leads are out (a flag on the event, or a `lead_publications` record)."""
+        found = {
+            d["_id"]: d
+            for d in self._find_in(
+                ENROLLMENT_EVENTS,
+                "_id",
+                event_ids,
+                {"content_hash": 1, "stored_at": 1, "leads_published": 1},
+            )
         }
-        if not hashes:
+        if not found:
             return {}
-        published = {d["_id"] for d in self._find_in(LEAD_PUBLICATIONS, "_id", hashes, {"_id": 1})}
+        owed = [event_id for event_id, d in found.items() if not d.get("leads_published")]
+        published = {d["_id"] for d in self._find_in(LEAD_PUBLICATIONS, "_id", owed, {"_id": 1})}
         return {
-            event_id: StoredEventInfo(content_hash, event_id in published)
-            for event_id, content_hash in hashes.items()
+            event_id: StoredEventInfo(
+                d["content_hash"],
+                bool(d.get("leads_published")) or event_id in published,
+                d.get("stored_at"),
+            )
+            for event_id, d in found.items()
         }
 
     def insert_events(
-        self, events: Sequence[tuple[EnrollmentEvent, Mapping[str, Any]]], *, now: datetime
+        self,
+        events: Sequence[tuple[EnrollmentEvent, Mapping[str, Any]]],
+        *,
+        now: datetime,
+        leads_published: bool = False,
     ) -> int:
-        """Store new events (`_id` = `event_id`); one already stored is skipped, not an error."""
+        """Store new events (`_id` = `event_id`); one already stored is skipped, not an error.
+        `leads_published`: no lead is owed for them (a backfill without leads), so no
+        `lead_publications` record is needed."""
         if not events:
             return 0
         docs = [
@@ -112,6 +131,7 @@ class EnrollmentStore:
                 "event": event.to_document(),
                 "source": dict(source),
                 "stored_at": now,
+                **({"leads_published": True} if leads_published else {}),
             }
             for event, source in events
         ]
@@ -129,7 +149,7 @@ class EnrollmentStore:
         for doc in self._find_in(
             ENROLLMENT_EVENTS, "application_id", result, {"event": 1, "application_id": 1}
         ):
-            result[doc["application_id"]].append(EnrollmentEvent.from_document(doc["event"]))
+            result[doc["application_id"]].append(EnrollmentEvent.from_stored(doc["event"]))
         return result
 
     def mark_leads_published(
