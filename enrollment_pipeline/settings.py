@@ -79,6 +79,8 @@ class MongoSettings(_Settings):
     mongo_timeout_ms: int = Field(default=30_000, ge=100)
     # Statements per update command; unset: chosen by engine (see lib/mongo/writes.py).
     mongo_max_writes_per_command: int | None = Field(default=None, ge=1)
+    # Update commands one writer keeps in flight; unset: 3 on FerretDB, 1 on MongoDB.
+    mongo_write_commands_in_flight: int | None = Field(default=None, ge=1, le=16)
     # The writers' lease of the read model (lib/mongo/lease.py): a holder that stops renewing
     # lets go after the ttl; a second writer waits up to `wait`, then refuses naming the
     # holder; one taking over an expired lease waits `grace` (at least one command's time).

@@ -264,6 +264,7 @@ def demo(applications: int, rate: float, port: int) -> None:
 
     import requests
 
+    from enrollment_pipeline.defs.offset_ranges import SENSOR_INTERVAL_SECONDS
     from enrollment_pipeline.settings import PipelineSettings
     from enrollment_pipeline.stack.demo import Demo
 
@@ -288,7 +289,10 @@ def demo(applications: int, rate: float, port: int) -> None:
         console.print(f"Producing events: {applications} now, then {rate:g} a second")
         demo.start_dagster()
         demo.wait_for_ui()
-        console.print(f"[bold]Dagster UI: http://127.0.0.1:{port}[/] (sensors run every 15 s)")
+        console.print(
+            f"[bold]Dagster UI: http://127.0.0.1:{port}[/] "
+            f"(sensors run every {SENSOR_INTERVAL_SECONDS} s)"
+        )
         console.print(f"  dagster dev logs: {demo.dagster_log}")
         console.print(f"  hourly_broker_followups: {demo.start_schedule()}")
         if demo.wait_for_applications():

@@ -20,7 +20,7 @@ CRM_LEADS = dg.AssetKey("crm_leads")
 BROKER_FOLLOWUP_EMAILS = dg.AssetKey("broker_followup_emails")
 
 KEPT_FRESH_BY_SENSOR = (
-    "Kept fresh by `enrollment_events_sensor` (every 15 s), job `ingest_enrollment_events`."
+    "Kept fresh by `enrollment_events_sensor` (every 5 s), job `ingest_enrollment_events`."
 )
 
 

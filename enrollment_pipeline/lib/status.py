@@ -49,7 +49,7 @@ INSTIGATORS = (
     ("lead_events_sensor", "sensor", True),
     ("hourly_broker_followups", "schedule", False),
 )
-# Sensors tick every 15 s: a last tick older than this means no daemon is ticking them.
+# Sensors tick every few seconds: a last tick older than this means no daemon is ticking them.
 STALE_TICK = timedelta(minutes=5)
 FAILED_RUN_STATUSES = ("FAILURE", "CANCELED")
 

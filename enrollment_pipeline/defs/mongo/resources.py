@@ -29,6 +29,10 @@ class MongoResource(dg.ConfigurableResource):
         default=None,
         description="MONGO_MAX_WRITES_PER_COMMAND; unset: 10 on FerretDB, 1,000 on MongoDB",
     )
+    commands_in_flight: int | None = Field(
+        default=None,
+        description="MONGO_WRITE_COMMANDS_IN_FLIGHT; unset: 3 on FerretDB, 1 on MongoDB",
+    )
     create_indexes: bool = True
 
     _client: MongoConnection | None = PrivateAttr(default=None)
@@ -54,6 +58,7 @@ class MongoResource(dg.ConfigurableResource):
                     server_selection_timeout_ms=self.server_selection_timeout_ms,
                     timeout_ms=self.timeout_ms,
                     max_writes_per_command=self.max_writes_per_command,
+                    commands_in_flight=self.commands_in_flight,
                 )
             )
         return self._client

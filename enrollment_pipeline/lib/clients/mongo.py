@@ -23,7 +23,9 @@ from pymongo.errors import (
 
 from enrollment_pipeline.lib.mongo.collections import INDEXES, Document
 from enrollment_pipeline.lib.mongo.writes import (
+    FERRETDB_COMMANDS_IN_FLIGHT,
     FERRETDB_UPDATES_PER_COMMAND,
+    MONGODB_COMMANDS_IN_FLIGHT,
     MONGODB_UPDATES_PER_COMMAND,
     BoundedWriter,
 )
@@ -53,6 +55,7 @@ class MongoConfig:
     server_selection_timeout_ms: int = 5_000
     timeout_ms: int = 30_000
     max_writes_per_command: int | None = None
+    commands_in_flight: int | None = None
 
     def __repr__(self) -> str:
         return f"MongoConfig(uri={redacted_uri(self.uri)!r}, database={self.database!r})"
@@ -65,6 +68,7 @@ class MongoConfig:
             database=settings.mongo_database,
             timeout_ms=settings.mongo_timeout_ms,
             max_writes_per_command=settings.mongo_max_writes_per_command,
+            commands_in_flight=settings.mongo_write_commands_in_flight,
         )
 
 
@@ -133,12 +137,14 @@ class MongoConnection:
 
     def writer(self) -> BoundedWriter:
         """The bounded write helper for this server (see `lib/mongo/writes.py`)."""
+        ferretdb = self.engine() == "ferretdb"
         per_command = self.config.max_writes_per_command or (
-            FERRETDB_UPDATES_PER_COMMAND
-            if self.engine() == "ferretdb"
-            else MONGODB_UPDATES_PER_COMMAND
+            FERRETDB_UPDATES_PER_COMMAND if ferretdb else MONGODB_UPDATES_PER_COMMAND
         )
-        return BoundedWriter(updates_per_command=per_command)
+        in_flight = self.config.commands_in_flight or (
+            FERRETDB_COMMANDS_IN_FLIGHT if ferretdb else MONGODB_COMMANDS_IN_FLIGHT
+        )
+        return BoundedWriter(updates_per_command=per_command, commands_in_flight=in_flight)
 
     def ping(self) -> None:
         with self.explained_errors():

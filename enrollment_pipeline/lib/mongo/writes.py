@@ -17,6 +17,7 @@ goes in pieces of at most `IN_MAX_IDS` ids and `IN_MAX_BYTES` bytes (`in_chunks`
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -31,6 +32,10 @@ DUPLICATE_KEY = 11000
 # pings and reads (benchmarks/README.md has the measurements behind these numbers).
 FERRETDB_UPDATES_PER_COMMAND = 10
 MONGODB_UPDATES_PER_COMMAND = 1_000
+# Commands one writer keeps in flight (MONGO_WRITE_COMMANDS_IN_FLIGHT overrides): on FerretDB
+# three commands of 10 statements hold at most 30 backend connections of its pool of 200.
+FERRETDB_COMMANDS_IN_FLIGHT = 3
+MONGODB_COMMANDS_IN_FLIGHT = 1
 INSERTS_PER_COMMAND = 1_000
 
 # Of one `$in` filter: far below MongoDB's 16 MB document limit, whatever the ids.
@@ -76,19 +81,32 @@ class BoundedWriter:
     updates_per_command: int = FERRETDB_UPDATES_PER_COMMAND
     inserts_per_command: int = INSERTS_PER_COMMAND
     guard: Callable[[], None] = _unguarded
+    # Update commands in flight at once: FerretDB serves each on its own backend connection
+    # and core, so a few at a time keep the server busy while this process prepares the next.
+    commands_in_flight: int = 1
 
     def __post_init__(self) -> None:
-        if self.updates_per_command < 1 or self.inserts_per_command < 1:
-            raise ValueError("statements per command must be at least 1")
+        if min(self.updates_per_command, self.inserts_per_command, self.commands_in_flight) < 1:
+            raise ValueError("statements per command and commands in flight must be at least 1")
 
     def bulk_write(self, collection: Collection[dict[str, Any]], ops: Sequence[WriteOp]) -> int:
-        """Apply `ops` (unordered) in bounded commands; returns the number of commands."""
-        commands = 0
-        for chunk in chunks(list(ops), self.updates_per_command):
+        """Apply `ops` (unordered, each on its own document) in bounded commands, up to
+        `commands_in_flight` at once; returns the number of commands. The first error raises
+        once every command in flight has ended."""
+        pieces = list(chunks(list(ops), self.updates_per_command))
+
+        def command(chunk: Sequence[WriteOp]) -> None:
             self.guard()
             collection.bulk_write(list(chunk), ordered=False)
-            commands += 1
-        return commands
+
+        if self.commands_in_flight == 1 or len(pieces) < 2:
+            for chunk in pieces:
+                command(chunk)
+            return len(pieces)
+        with ThreadPoolExecutor(self.commands_in_flight, thread_name_prefix="mongo-write") as pool:
+            for done in [pool.submit(command, chunk) for chunk in pieces]:
+                done.result()
+        return len(pieces)
 
     def insert_new(
         self, collection: Collection[dict[str, Any]], docs: Sequence[dict[str, Any]]
