@@ -32,6 +32,7 @@ from enrollment_pipeline.lib.ingestion.run import ingest_range
 from enrollment_pipeline.lib.mongo.store import EnrollmentStore
 from enrollment_pipeline.lib.sample_data import synthetic_events
 from enrollment_pipeline.settings import PipelineSettings
+from enrollment_pipeline_tests.jobs import as_resources
 
 
 class CommandCounter(monitoring.CommandListener):
@@ -122,11 +123,13 @@ def bench_sensor_tick(settings: PipelineSettings, ticks: int) -> None:
     mongo = MongoConnection(
         MongoConfig(uri=settings.mongo_uri, database=f"bench_{uuid.uuid4().hex[:8]}")
     )
-    resources = {
-        "kafka": kafka,
-        "mongo": mongo,
-        "settings": PipelineSettingsResource(enrollment_topic=topic),
-    }
+    resources = as_resources(
+        {
+            "kafka": kafka,
+            "mongo": mongo,
+            "settings": PipelineSettingsResource(enrollment_topic=topic),
+        }
+    )
     try:
         produce(kafka, topic, 1200)
         timings = []

@@ -19,7 +19,7 @@ import sys
 import time
 import uuid
 from collections import Counter
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
 import dagster as dg
@@ -58,6 +58,97 @@ class Commands(monitoring.CommandListener):
         self.counts[f"{event.command_name} (failed)"] += 1
 
 
+@dataclass
+class StreamFigures:
+    records: int
+    applications: int
+    runs: list[dict]
+    seconds: float
+    update_statements: int
+    update_seconds: float
+    commands: Counter[str]
+    engine: str
+    updates_per_command: int
+
+    @property
+    def records_per_second(self) -> float:
+        return self.records / self.seconds
+
+    def lines(self) -> list[str]:
+        return [
+            f"records                   {self.records:>10,} ({self.applications:,} applications)",
+            f"runs                      {len(self.runs):>10,}",
+            f"wall time (sensor + runs) {self.seconds:>10.1f} s",
+            f"throughput                {self.records_per_second:>10,.0f} records/s",
+            f"applications touched      {sum(r['applications_touched'] for r in self.runs):>10,} "
+            f"(re-read from the event store: {sum(r['applications_reread'] for r in self.runs):,})",
+            f"update statements         {self.update_statements:>10,} "
+            f"({self.update_statements / max(self.update_seconds, 1e-9):,.0f}/s "
+            "inside update commands)",
+            f"Mongo commands (2nd half) {sum(self.commands.values()):>10,}: "
+            + ", ".join(f"{name} {count}" for name, count in self.commands.most_common()),
+        ]
+
+
+_COMMANDS = Commands()
+monitoring.register(_COMMANDS)  # before any client exists: pymongo reads listeners at creation
+
+
+def measure(
+    settings: PipelineSettings,
+    applications: int,
+    *,
+    partitions: int = 6,
+    seed: int = 20,
+    max_events_per_run: int = 50_000,
+    check_fold: bool = True,
+) -> StreamFigures:
+    """The stream of `applications` through the sensor and the job; checked against the fold."""
+    commands = _COMMANDS
+    commands.update_statements, commands.update_seconds = 0, 0.0
+    kafka = KafkaClient(KafkaConfig.from_settings(settings))
+    topic, lead_topic = f"scale-{uuid.uuid4().hex[:8]}", f"scale-leads-{uuid.uuid4().hex[:8]}"
+    kafka.ensure_topics([topic, lead_topic], partitions=partitions)
+    mongo = MongoConnection(
+        replace(MongoConfig.from_settings(settings), database=f"scale_{uuid.uuid4().hex[:8]}")
+    )
+    mongo.ensure_indexes()
+    pipeline = Pipeline(kafka, mongo, topic, lead_topic)
+    try:
+        records = list(
+            synthetic_events(applications, seed=seed, start=datetime(2026, 1, 1, tzinfo=UTC))
+        )
+        runs: list[dict] = []
+        seconds = 0.0
+        with dg.instance_for_test() as instance:
+            for part in split_per_application(records):
+                for i in range(0, len(part), 10_000):
+                    pipeline.produce(part[i : i + 10_000])
+                commands.counts.clear()
+                started = time.perf_counter()
+                runs += drain(instance, pipeline, ingest_max_events_per_run=max_events_per_run)
+                seconds += time.perf_counter() - started
+        figures = StreamFigures(
+            len(records),
+            applications,
+            runs,
+            seconds,
+            commands.update_statements,
+            commands.update_seconds,
+            Counter(commands.counts),
+            mongo.engine(),
+            mongo.writer().updates_per_command,
+        )
+        if check_fold:
+            assert_read_model_is_the_fold(pipeline, records)
+        return figures
+    finally:
+        mongo.client().drop_database(mongo.database)
+        mongo.close()
+        kafka.delete_topics([topic, lead_topic])
+        kafka.close()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--applications", type=int, default=20_000)
@@ -66,67 +157,24 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=20)
     args = parser.parse_args()
     print(f"$ {' '.join([sys.executable.rsplit('/', 1)[-1], *sys.argv])}")
-
-    commands = Commands()
-    monitoring.register(commands)  # before any client exists
     settings = PipelineSettings()
-    kafka = KafkaClient(KafkaConfig(bootstrap_servers=settings.kafka_bootstrap_servers))
-    topic, lead_topic = f"scale-{uuid.uuid4().hex[:8]}", f"scale-leads-{uuid.uuid4().hex[:8]}"
-    kafka.ensure_topics([topic, lead_topic], partitions=args.partitions)
-    mongo = MongoConnection(
-        replace(MongoConfig.from_settings(settings), database=f"scale_{uuid.uuid4().hex[:8]}")
+    started = time.perf_counter()
+    figures = measure(
+        settings,
+        args.applications,
+        partitions=args.partitions,
+        seed=args.seed,
+        max_events_per_run=args.max_events_per_run,
     )
-    mongo.ensure_indexes()
     print(
         f"Kafka {settings.kafka_bootstrap_servers}, Mongo {settings.mongo_uri} "
-        f"({mongo.engine()}, {mongo.writer().updates_per_command} statements per update command)"
+        f"({figures.engine}, {figures.updates_per_command} statements per update command)"
     )
-    pipeline = Pipeline(kafka, mongo, topic, lead_topic)
-    try:
-        records = list(
-            synthetic_events(
-                args.applications, seed=args.seed, start=datetime(2026, 1, 1, tzinfo=UTC)
-            )
-        )
-        halves = split_per_application(records)
-        runs: list[dict] = []
-        seconds = 0.0
-        with dg.instance_for_test() as instance:
-            for part in halves:
-                for i in range(0, len(part), 10_000):
-                    pipeline.produce(part[i : i + 10_000])
-                commands.counts.clear()
-                started = time.perf_counter()
-                runs += drain(instance, pipeline, ingest_max_events_per_run=args.max_events_per_run)
-                seconds += time.perf_counter() - started
-        mongo_commands = sum(commands.counts.values())
-
-        print(f"records                   {len(records):>10,} ({args.applications:,} applications)")
-        print(f"runs                      {len(runs):>10,}")
-        print(f"wall time (sensor + runs) {seconds:>10.1f} s")
-        print(f"throughput                {len(records) / seconds:>10,.0f} records/s")
-        print(
-            f"applications touched      {sum(r['applications_touched'] for r in runs):>10,} "
-            f"(re-read from the event store: {sum(r['applications_reread'] for r in runs):,})"
-        )
-        print(
-            f"update statements         {commands.update_statements:>10,} "
-            f"({commands.update_statements / max(commands.update_seconds, 1e-9):,.0f}/s "
-            "inside update commands)"
-        )
-        print(
-            f"Mongo commands (2nd half) {mongo_commands:>10,}: "
-            + ", ".join(f"{name} {count}" for name, count in commands.counts.most_common())
-        )
-        started = time.perf_counter()
-        assert_read_model_is_the_fold(pipeline, records)
-        print(
-            f"read model == fold of the log: yes (checked in {time.perf_counter() - started:.0f} s)"
-        )
-    finally:
-        mongo.client().drop_database(mongo.database)
-        kafka.delete_topics([topic, lead_topic])
-        kafka.close()
+    print("\n".join(figures.lines()))
+    print(
+        "read model == fold of the log: yes "
+        f"(whole benchmark {time.perf_counter() - started:.0f} s)"
+    )
 
 
 if __name__ == "__main__":
