@@ -80,6 +80,7 @@ def scenario(pipeline: Pipeline, local_crm, smtp_server):
             session,
             as_of=f.T0 + timedelta(days=31),
             policy=FollowupPolicy(),
+            lease=None,
         )
     assert report.expired == 1
     return pipeline
