@@ -3,7 +3,6 @@
 from datetime import UTC, datetime
 
 import dagster as dg
-import pandas as pd
 from pydantic import Field
 
 from enrollment_pipeline.defs.datasets import (
@@ -89,6 +88,8 @@ def broker_followup_emails(
 
 def run_metadata(report: FollowupReport, store: FollowupStore, *, as_of: datetime) -> dict:
     """The run's numbers (plotted over time by the UI) and the open follow-ups by retry count."""
+    import pandas as pd  # here, not at load: every run process loads this module; 1 s saved
+
     by_retry = (
         pd.DataFrame(store.open_by_retry_count(), columns=["retry_count", "status", "followups"])
         .fillna({"retry_count": 0})
