@@ -8,6 +8,8 @@ failed run's range is asked for again under a new run key (Dagster skips a reuse
 forever) until the attempt limit, then reported, not looped.
 """
 
+from __future__ import annotations
+
 from collections.abc import Callable
 
 import dagster as dg
