@@ -175,18 +175,63 @@ class RebuildReport:
     followups_written: int = 0
     passes: int = 0  # streamed reads of the event store after the counting one
     seconds: float = 0.0
+    # Of a rebuild of given ids: how many were asked for, and those that nothing names (no
+    # stored event, no document).
+    requested: int | None = None
+    unknown: list[str] = field(default_factory=list)
+
+
+# `application_ids` of a rebuild that means every application.
+ALL = "all"
 
 
 def rebuild_read_model(
     store: EnrollmentStore,
     *,
     lease: WriterLease | None,
+    application_ids: Sequence[str] | None = None,
     events_per_pass: int = 50_000,
     page_size: int = 500,
 ) -> RebuildReport:
-    """Refold every application from the event store, under the writers' `lease`."""
+    """Refold applications from the event store, under the writers' `lease`: every one
+    (`application_ids` None or `["all"]`), or only the given ones (in place: their events are
+    read with one `$in` a page, written like a batch writes them), e.g. the ids the check
+    `read_model_drift` reported."""
     with holding(lease):
-        return _rebuild(store.guarded(lease), events_per_pass=events_per_pass, page_size=page_size)
+        guarded = store.guarded(lease)
+        if application_ids is None or list(application_ids) == [ALL]:
+            return _rebuild(guarded, events_per_pass=events_per_pass, page_size=page_size)
+        return _rebuild_ids(guarded, application_ids, page_size=page_size)
+
+
+def _rebuild_ids(
+    store: EnrollmentStore, application_ids: Sequence[str], *, page_size: int
+) -> RebuildReport:
+    """Refold the given applications: each page is one `$in` on the event store, one on the
+    read model and one on the queue, then the writes that differ (`plan_writes`). A document
+    whose application has no stored event is deleted, as a full rebuild deletes it."""
+    started = time.monotonic()
+    ids = sorted(set(application_ids))
+    report = RebuildReport(requested=len(ids))
+    for page in _pages(ids, page_size):
+        histories = store.events_of(page)
+        existing_apps = store.applications(page)
+        folds = {app: fold_history(app, events) for app, events in histories.items() if events}
+        writes = plan_writes(folds, existing_apps, store.followups(folds), BatchReport())
+        store.write_applications(writes.new_apps, writes.changed_apps)
+        store.write_followups(writes.new_followups, writes.followup_updates)
+        orphans = [app for app in page if app not in folds and app in existing_apps]
+        if orphans:
+            store.writer.guard()
+            store.db[APPLICATIONS].delete_many({"_id": {"$in": orphans}})
+        report.unknown += [app for app in page if app not in folds and app not in existing_apps]
+        report.applications += len(folds)
+        report.events += sum(len(events) for events in histories.values())
+        report.documents_created += len(writes.new_apps)
+        report.documents_changed += len(writes.changed_apps) + len(orphans)
+        report.followups_written += len(writes.new_followups) + len(writes.followup_updates)
+    report.seconds = time.monotonic() - started
+    return report
 
 
 def _rebuild(store: EnrollmentStore, *, events_per_pass: int, page_size: int) -> RebuildReport:

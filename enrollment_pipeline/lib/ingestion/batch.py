@@ -22,7 +22,11 @@ from enrollment_pipeline.domain.events import (
     Rejection,
     RejectReason,
 )
-from enrollment_pipeline.domain.followup_queue import merge_followup, mongo_precision
+from enrollment_pipeline.domain.followup_queue import (
+    FollowupChange,
+    merge_followup,
+    mongo_precision,
+)
 from enrollment_pipeline.domain.leads import leads_of
 from enrollment_pipeline.domain.projection import Application, FoldStep, fold_history
 from enrollment_pipeline.lib.clients.kafka import Record
@@ -246,15 +250,8 @@ def plan_writes(
     writes = Writes()
     for app_id in sorted(folds):
         steps = folds[app_id]
-        application = steps[-1].after
-        document = application.to_document()
         existing_followup = existing_followups.get(app_id)
-        change = merge_followup(
-            app_id,
-            application.followup,
-            existing_followup,
-            submitted_at=document.get("submitted_at"),
-        )
+        document, change = planned_document(steps[-1].after, existing_followup)
         if change is not None:
             if existing_followup is None:
                 writes.new_followups.append(
@@ -266,14 +263,38 @@ def plan_writes(
                 )
             report.followups_opened += change.opened
             report.followups_closed += change.closed
-            document["broker_followup_status"] = change.status
-        elif existing_followup is not None:
-            document["broker_followup_status"] = existing_followup.get("status")
         if app_id not in existing_apps:
             writes.new_apps.append(document)
-        elif _normalized(existing_apps[app_id]) != _normalized(document):
+        elif not same_document(existing_apps[app_id], document):
             writes.changed_apps.append(document)
     return writes
+
+
+def planned_document(
+    application: Application, existing_followup: Document | None
+) -> tuple[Document, FollowupChange | None]:
+    """The document the writers give an application's fold, and the follow-up queue's change
+    (None when the queue already says what the fold knows).
+
+    `broker_followup_status` is Contract 3's effective status: the fold's state with the email
+    job's escalation (`pending_reason`, kept while the broker cycle is the same)."""
+    document = application.to_document()
+    change = merge_followup(
+        application.application_id,
+        application.followup,
+        existing_followup,
+        submitted_at=document.get("submitted_at"),
+    )
+    if change is not None:
+        document["broker_followup_status"] = change.status
+    elif existing_followup is not None:
+        document["broker_followup_status"] = existing_followup.get("status")
+    return document, change
+
+
+def same_document(stored: Mapping[str, Any], planned: Mapping[str, Any]) -> bool:
+    """Equal as MongoDB keeps them (datetimes at millisecond precision)."""
+    return bool(_normalized(dict(stored)) == _normalized(dict(planned)))
 
 
 def _conflict(source: Source, event_id: str, first_seen: str) -> DeadLetter:
