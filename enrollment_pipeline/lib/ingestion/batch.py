@@ -10,6 +10,8 @@ its events stored, refolds to the same documents and publishes only unpublished 
 
 from __future__ import annotations
 
+import dataclasses
+import json
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -17,7 +19,10 @@ from typing import Any
 
 from pymongo import UpdateOne
 
+from enrollment_pipeline.domain.erasure import redact_event
 from enrollment_pipeline.domain.events import (
+    DEFAULT_MAX_BYTES,
+    ID_MAX,
     EnrollmentEvent,
     Rejection,
     RejectReason,
@@ -32,7 +37,7 @@ from enrollment_pipeline.domain.projection import Application, FoldStep, fold_hi
 from enrollment_pipeline.lib.clients.kafka import Record
 from enrollment_pipeline.lib.ingestion.limits import InputLimits
 from enrollment_pipeline.lib.mongo.collections import Document
-from enrollment_pipeline.lib.mongo.dead_letters import DeadLetter
+from enrollment_pipeline.lib.mongo.dead_letters import ERASURE, DeadLetter
 from enrollment_pipeline.lib.mongo.store import EnrollmentStore
 from enrollment_pipeline.lib.sources import Source, kafka_source
 
@@ -109,6 +114,7 @@ def apply_parsed(
     """
     now = now or datetime.now(UTC)
     report = BatchReport(events_read=len(parsed))
+    parsed, erased = forget_erased(store, parsed)
     letters: list[DeadLetter] = []
     batch_events: dict[str, tuple[EnrollmentEvent, Source]] = {}
 
@@ -176,6 +182,8 @@ def apply_parsed(
         leads = []
         if publish_leads is not None:  # a backfill without leads owes none later either
             for app_id in sorted(folds):
+                if app_id in erased:  # no lead is ever published for an erased applicant
+                    continue
                 for lead in leads_of(folds[app_id]):
                     if lead.source_event_id in leads_by_source:
                         leads.append(lead)
@@ -185,6 +193,57 @@ def apply_parsed(
         store.mark_leads_published(leads_by_source, now=now)
     checkpoint("after_leads_produced")
     return report
+
+
+def forget_erased(
+    store: EnrollmentStore, parsed: Sequence[tuple[Source, EnrollmentEvent | Rejection]]
+) -> tuple[list[tuple[Source, EnrollmentEvent | Rejection]], set[str]]:
+    """The inputs with those of erased applicants (one `$in` on the tombstones a batch)
+    stripped of personal data before anything is stored: an event redacted as the erasure
+    redacted the stored ones (so a replayed original is a plain duplicate), and the raw bytes of
+    any of their inputs withheld from a dead letter. Also the erased applications touched."""
+    claims = [_claimed(source, outcome) for source, outcome in parsed]
+    erased = store.erased(app for claimed in claims for app in claimed)
+    if not erased:
+        return list(parsed), erased
+    forgotten: list[tuple[Source, EnrollmentEvent | Rejection]] = []
+    for (source, outcome), claimed in zip(parsed, claims, strict=True):
+        if claimed & erased:
+            source = dataclasses.replace(source, withheld=ERASURE)
+            if isinstance(outcome, EnrollmentEvent):
+                outcome = redact_event(outcome)
+        forgotten.append((source, outcome))
+    return forgotten, erased
+
+
+def _claimed(source: Source, outcome: EnrollmentEvent | Rejection) -> set[str]:
+    """The applications an input names: a valid event's, or for a rejected one its Kafka key
+    and the `application_id` of its body when that much can be read."""
+    if isinstance(outcome, EnrollmentEvent):
+        return {outcome.application_id}
+    claimed = []
+    if source.key is not None and len(source.key) <= 4 * ID_MAX:
+        claimed.append(source.key.decode("utf-8", "replace"))
+    if source.raw and len(source.raw) <= DEFAULT_MAX_BYTES:
+        try:
+            body = json.loads(source.raw)
+        except Exception:  # whatever the bytes are, this input names no other application
+            body = None
+        if isinstance(body, dict) and isinstance(body.get("application_id"), str):
+            claimed.append(body["application_id"])
+    # Only what could be an application's id goes into the query: a hostile key (megabytes,
+    # a NUL, a lone surrogate) must not fail the batch's `$in`.
+    return {claim for claim in claimed if _could_be_an_id(claim)}
+
+
+def _could_be_an_id(value: str) -> bool:
+    if not 0 < len(value) <= ID_MAX or "\x00" in value:
+        return False
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 @dataclass
