@@ -1,15 +1,17 @@
-"""`erase_applicant`: an applicant's personal data erased everywhere, as `enrollment-pipeline
-erase` does."""
+"""`erase_applicant` (an applicant's personal data erased everywhere, as `enrollment-pipeline
+erase` does) and `dead_letter_retention` (dead letters' raw bytes dropped after
+DEAD_LETTER_RAW_RETENTION_DAYS)."""
 
 import dagster as dg
 from pydantic import Field
 
-from enrollment_pipeline.defs.datasets import APPLICATIONS
+from enrollment_pipeline.defs.datasets import APPLICATIONS, DEAD_LETTERS
 from enrollment_pipeline.defs.mongo.resources import MongoResource
 from enrollment_pipeline.defs.pools import READ_MODEL_POOL
 from enrollment_pipeline.defs.settings.resources import PipelineSettingsResource
 from enrollment_pipeline.lib.erasure import NothingToEraseError, erase_application
 from enrollment_pipeline.lib.mongo.store import EnrollmentStore
+from enrollment_pipeline.lib.retention import expire_raw_bytes
 
 
 class ErasureConfig(dg.Config):
@@ -71,6 +73,45 @@ def erase_applicant() -> None:
     erase_applicant_data()
 
 
+@dg.op
+def drop_expired_dead_letter_bytes(
+    context: dg.OpExecutionContext, mongo: MongoResource, settings: PipelineSettingsResource
+) -> None:
+    """Drop the raw bytes of dead letters first seen more than DEAD_LETTER_RAW_RETENTION_DAYS
+    ago (their reason, detail, key, size and hash stay)."""
+    db = mongo.get_client()
+    with db.explained_errors():
+        report = expire_raw_bytes(
+            EnrollmentStore.of(db), days=settings.dead_letter_raw_retention_days
+        )
+    context.log_event(
+        dg.AssetMaterialization(
+            DEAD_LETTERS,
+            metadata={
+                "raw_bytes_removed": report.removed,
+                "first_seen_before": report.cutoff.isoformat(),
+                "retention_days": settings.dead_letter_raw_retention_days,
+                "more_left": report.more_left,
+            },
+        )
+    )
+    context.log.info(
+        f"dropped the raw bytes of {report.removed} dead letters first seen before "
+        f"{report.cutoff:%Y-%m-%d %H:%M} UTC"
+        + ("; more left for the next run" if report.more_left else "")
+    )
+
+
+@dg.job(
+    name="dead_letter_retention",
+    executor_def=dg.in_process_executor,
+    tags={"dagster/max_runtime": 3600},
+    description="Drop dead letters' raw bytes older than DEAD_LETTER_RAW_RETENTION_DAYS.",
+)
+def dead_letter_retention() -> None:
+    drop_expired_dead_letter_bytes()
+
+
 @dg.definitions
 def defs() -> dg.Definitions:
-    return dg.Definitions(jobs=[erase_applicant])
+    return dg.Definitions(jobs=[erase_applicant, dead_letter_retention])
