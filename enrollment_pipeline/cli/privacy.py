@@ -79,6 +79,6 @@ def erase(application_id: str, reason: str, yes: bool) -> None:
     touched = ", ".join(f"{name} {count}" for name, count in report.touched.items())
     click.echo(f"erased {application_id} (erasure {report.erasure_id}): {touched}")
     click.echo(
-        "Next: ask the CRM to delete the lead of this application id (it was not sent an "
-        "update); Kafka keeps the original records until its retention removes them."
+        "Next: ask the CRM to delete this application's lead (no lead event can tell it "
+        "to); Kafka keeps the original records until the topics' retention removes them."
     )

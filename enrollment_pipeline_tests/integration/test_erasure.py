@@ -238,6 +238,14 @@ def test_erase_from_the_cli_leaves_no_personal_value_and_nothing_brings_it_back(
     }
     other = pipeline.applications()[KEPT]
     assert other["applicant"]["email"] == "jane.doe@example.com"  # only this applicant
+    # Support staff see that it was erased, and nothing of the person, even with --reveal.
+    shown = cli("explain", APP, "--json", "--reveal")
+    assert not any(value.lower() in shown.stdout.lower() for value in PERSONAL)
+    explained = json.loads(shown.stdout)
+    assert [e["reason"] for e in explained["erasures"]] == ["privacy request #4711"]
+    assert {lead["where"] for lead in explained["leads"]} == {
+        "not delivered: its applicant was erased"
+    }
 
     # Its waiting leads are never delivered; the other applicant's are.
     deliver(pipeline, local_crm, redrive=True)
