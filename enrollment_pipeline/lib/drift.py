@@ -38,6 +38,7 @@ PAGE = 500
 ID_SCAN_BATCH = 10_000
 NO_STORED_EVENT = "(no stored event)"
 MISSING_DOCUMENT = "(no document)"
+MISSING_FOLLOWUP = "broker_followups (no document)"
 QUEUE_PREFIX = "broker_followups."
 
 SAMPLE_STAGE = "$sample"
@@ -141,11 +142,15 @@ def differences(
     application = fold_application(application_id, events)
     planned, change = planned_document(application, followup)
     fields = [MISSING_DOCUMENT] if document is None else paths_differing(document, planned)
-    if change is not None:
+    if change is None:
+        return fields
+    if followup is None:
+        fields.append(MISSING_FOLLOWUP)
+    else:
         fields += [
             QUEUE_PREFIX + name
             for name in sorted(change.set_fields)
-            if followup is None or _value(followup.get(name)) != _value(change.set_fields[name])
+            if _value(followup.get(name)) != _value(change.set_fields[name])
         ] or [QUEUE_PREFIX + "(cycle)"]
     return fields
 

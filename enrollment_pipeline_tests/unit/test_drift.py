@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from enrollment_pipeline.domain.events import EnrollmentEvent
 from enrollment_pipeline.domain.projection import fold_application
 from enrollment_pipeline.lib.drift import (
+    MISSING_FOLLOWUP,
     NO_STORED_EVENT,
     differences,
     paths_differing,
@@ -50,3 +51,27 @@ def test_a_document_equal_to_its_fold_has_no_difference_and_an_edit_is_named():
     edited = {**document, "applicant": {**document["applicant"], "email": "x@y.example"}}
     assert differences("APP-1", edited, events, None) == ["applicant.email"]
     assert differences("APP-1", document, [], None) == [NO_STORED_EVENT]
+
+
+def test_a_missing_follow_up_is_named_once_and_a_stale_one_by_its_fields():
+    events = [EnrollmentEvent.model_validate(f.submitted("APP-1", 0))]  # with a broker
+    application = fold_application("APP-1", events)
+    document = {**application.to_document(), "broker_followup_status": "AWAITING_SIGNATURE"}
+    assert differences("APP-1", document, events, None) == [MISSING_FOLLOWUP]
+    requirement = application.followup
+    assert requirement is not None
+    followup = {
+        "_id": "APP-1",
+        "app_id": "APP-1",
+        "broker_id": requirement.broker_id,
+        "broker_email": requirement.broker_email,
+        "cycle_started_at": requirement.cycle_started_at,
+        "fold_status": requirement.state,
+        "signature_obtained": False,
+        "signed_at": None,
+        "submitted_at": document["submitted_at"],
+        "status": "AWAITING_SIGNATURE",
+    }
+    assert differences("APP-1", document, events, followup) == []
+    closed = {**followup, "status": "CLOSED"}
+    assert differences("APP-1", document, events, closed) == ["broker_followups.status"]
