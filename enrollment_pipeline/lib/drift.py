@@ -79,7 +79,7 @@ def sample_application_ids(
 
     - MongoDB: `$sample` (with `size` under 5 % of the collection, a random cursor on the
       storage engine: about `size` documents read, whatever the collection holds; otherwise
-      a scan with a bounded top-`size` random sort). One command.
+      a scan with a top-`size` random sort, allowed to spill to disk). One command.
     - FerretDB v1 has no `$sample` (`aggregate` answers NotImplemented) and uses an index for
       nothing but `_id` equality and, with our patched build, `_id` `$in`: a range on `_id`
       (`{_id: {$gte: random}}`) and any sort are done in Go over the whole table, a sort in
@@ -91,7 +91,10 @@ def sample_application_ids(
     """
     collection = store.db[APPLICATIONS]
     if engine != "ferretdb":
-        cursor = collection.aggregate([{"$sample": {"size": size}}, {"$project": {"_id": 1}}])
+        cursor = collection.aggregate(
+            [{"$sample": {"size": size}}, {"$project": {"_id": 1}}],
+            allowDiskUse=True,  # a sample over 5 % is a random sort: let it spill, not fail
+        )
         # The random cursor may return a document twice; keep the first.
         return list(dict.fromkeys(d["_id"] for d in cursor)), SAMPLE_STAGE
     rng = rng or random.Random()
