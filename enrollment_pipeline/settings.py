@@ -169,6 +169,9 @@ class IngestSettings(_Settings):
     event_time_max: AwareDatetime = datetime(2200, 1, 1, tzinfo=UTC)
     # Of a dead letter's input, the bytes kept (its full size and SHA-256 are kept too).
     dead_letter_max_raw_bytes: int = Field(default=256 * 1024, ge=1)
+    # After this many days (from first seen) a dead letter keeps its reason, size and hash,
+    # not its raw bytes, which may hold personal data (the job `dead_letter_retention`).
+    dead_letter_raw_retention_days: int = Field(default=30, ge=1, le=36_500)
     ingest_max_range_attempts: int = Field(default=3, ge=1)
     ingest_max_dead_letter_rate: float = Field(default=0.05, ge=0, le=1)
     ingest_max_consumer_lag: int = Field(default=100_000, ge=0)
@@ -178,6 +181,13 @@ class IngestSettings(_Settings):
         if self.event_time_min >= self.event_time_max:
             raise ValueError("EVENT_TIME_MIN must be before EVENT_TIME_MAX")
         return self
+
+
+class ReadModelSettings(_Settings):
+    """The read model's own health (the asset check `read_model_drift`)."""
+
+    # Documents refolded per check: its cost is bounded by this, not by the collection.
+    read_model_drift_sample: int = Field(default=200, ge=1, le=100_000)
 
 
 class LeadDeliverySettings(_Settings):
@@ -229,6 +239,7 @@ class PipelineSettings(
     CrmSettings,
     ArchiveSettings,
     IngestSettings,
+    ReadModelSettings,
     LeadDeliverySettings,
     FollowupSettings,
 ):

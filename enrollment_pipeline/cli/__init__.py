@@ -1,5 +1,5 @@
 """The `enrollment-pipeline` console command (Contract 6): stack and demo, generate, operate,
-status and explain.
+status and explain, erase.
 
 Commands are thin: they build the clients they need from their settings groups and call
 `lib/` (or the stack); `cli/errors.py` turns the project's errors into one line each.
@@ -13,6 +13,7 @@ from enrollment_pipeline.cli.errors import DEBUG_VARIABLE, Commands
 from enrollment_pipeline.cli.generate import generate
 from enrollment_pipeline.cli.inspect import explain, status
 from enrollment_pipeline.cli.operate import dead_letters, offsets
+from enrollment_pipeline.cli.privacy import erase
 from enrollment_pipeline.cli.stack import demo, stack
 
 
@@ -37,5 +38,5 @@ def main(debug: bool) -> None:
     """
 
 
-for command in (status, explain, stack, demo, generate, offsets, dead_letters):
+for command in (status, explain, stack, demo, generate, offsets, dead_letters, erase):
     main.add_command(command)

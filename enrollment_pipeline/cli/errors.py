@@ -70,6 +70,9 @@ def explain(exc: BaseException) -> list[str] | None:
         ("enrollment_pipeline.lib.clients.archive", "ArchiveTailError"),
         ("enrollment_pipeline.lib.clients.archive", "ArchiveMissingError"),
         ("enrollment_pipeline.lib.clients.dagster_api", "DagsterApiError"),
+        ("enrollment_pipeline.lib.mongo.lease", "LeaseHeldError"),
+        ("enrollment_pipeline.lib.mongo.lease", "LeaseLostError"),
+        ("enrollment_pipeline.lib.erasure", "NothingToEraseError"),
         ("enrollment_pipeline.stack.process", "ServiceError"),
     ]
     if any(_instance(exc, module, name) for module, name in ours):

@@ -195,6 +195,11 @@ def _print_explained(found: dict, reveal: bool) -> None:
         f"{found['application_id']}: {doc.get('status') or 'no document'}, "
         f"{len(found['events'])} events{masked}"
     )
+    for erasure in found.get("erasures") or []:
+        out(
+            f"Erased {_when(erasure.get('started_at'))} (erasure {erasure['_id']}): "
+            f"{erasure.get('reason')}"
+        )
     out("")
     out("Events, in fold order")
     for event in found["events"]:

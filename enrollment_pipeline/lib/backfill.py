@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import tempfile
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -255,31 +255,79 @@ class RebuildReport:
     groups: int = 0  # groups of applications folded (each held in memory alone)
     swapped: bool = False  # the rebuilt collection replaced `applications`
     seconds: float = 0.0
+    # Of a rebuild of given ids: how many were asked for, and those that nothing names (no
+    # stored event, no document).
+    requested: int | None = None
+    unknown: list[str] = field(default_factory=list)
+
+
+# `application_ids` of a rebuild that means every application.
+ALL = "all"
 
 
 def rebuild_read_model(
     store: EnrollmentStore,
     *,
     lease: WriterLease | None,
+    application_ids: Sequence[str] | None = None,
     fold_group: int = 50_000,
     spill_dir: Path | None = None,
+    page_size: int = 500,
 ) -> RebuildReport:
-    """Refold every application from the event store, under the writers' `lease`.
+    """Refold applications from the event store, under the writers' `lease`: every one
+    (`application_ids` None or `["all"]`), or only the given ones, in place (e.g. the ids the
+    check `read_model_drift` reported).
 
-    One streamed pass reads the event store (never one big query: FerretDB answers a `$group`
-    or a `$in` over the whole store only after scanning it in Go, past MONGO_TIMEOUT_MS) and
-    spills each event to the shard of its application (`lib/spill.py`). Each group of shards
-    is then folded, and every application written once by `insert_many` into a fresh
-    collection, `applications_rebuild`: inserts run at the store's speed, where replacing
-    every document of a stale read model runs at its (much lower) update speed. The existing
+    Every application: one streamed pass reads the event store (never one big query: FerretDB
+    answers a `$group` or a `$in` over the whole store only after scanning it in Go, past
+    MONGO_TIMEOUT_MS) and spills each event to the shard of its application (`lib/spill.py`).
+    Each group of shards is then folded, and every application written once by `insert_many`
+    into a fresh collection, `applications_rebuild`: inserts run at the store's speed, where
+    replacing every document of a stale read model runs at its (much lower) update speed. The
+    existing
     documents are read in pages only to count what differs; when something does, the fresh
     collection replaces `applications` while the lease holds every other writer off (drop,
     then rename: FerretDB v1's `renameCollection` has no `dropTarget`). The fold-owned fields of
     the follow-up queue are written in place, and the email job's fields (`retry_count`,
     attempts, the PENDING escalation, so `broker_followup_status`) are carried over from it.
     """
-    with holding(lease), tempfile.TemporaryDirectory(prefix="rebuild-", dir=spill_dir) as tmp:
-        return _rebuild(store.guarded(lease), Spill(Path(tmp)), fold_group=fold_group)
+    with holding(lease):
+        guarded = store.guarded(lease)
+        if application_ids is not None and list(application_ids) != [ALL]:
+            return _rebuild_ids(guarded, application_ids, page_size=page_size)
+        with tempfile.TemporaryDirectory(prefix="rebuild-", dir=spill_dir) as tmp:
+            return _rebuild(guarded, Spill(Path(tmp)), fold_group=fold_group)
+
+
+def _rebuild_ids(
+    store: EnrollmentStore, application_ids: Sequence[str], *, page_size: int
+) -> RebuildReport:
+    """Refold the given applications: each page is one `$in` on the event store, one on the
+    read model and one on the queue, then the writes that differ (`plan_writes`). A document
+    whose application has no stored event is deleted, as a full rebuild deletes it."""
+    started = time.monotonic()
+    ids = sorted(set(application_ids))
+    report = RebuildReport(requested=len(ids))
+    for page in _pages(ids, page_size):
+        histories = store.events_of(page)
+        existing_apps = store.applications(page)
+        folds = {app: fold_history(app, events) for app, events in histories.items() if events}
+        writes = plan_writes(folds, existing_apps, store.followups(folds), BatchReport())
+        store.write_applications(writes.new_apps, writes.changed_apps)
+        store.write_followups(writes.new_followups, writes.followup_updates)
+        orphans = [app for app in page if app not in folds and app in existing_apps]
+        if orphans:
+            store.writer.guard()
+            store.db[APPLICATIONS].delete_many({"_id": {"$in": orphans}})
+        report.unknown += [app for app in page if app not in folds and app not in existing_apps]
+        report.applications += len(folds)
+        report.events += sum(len(events) for events in histories.values())
+        report.documents_created += len(writes.new_apps)
+        report.documents_changed += len(writes.changed_apps)
+        report.documents_removed += len(orphans)
+        report.followups_written += len(writes.new_followups) + len(writes.followup_updates)
+    report.seconds = time.monotonic() - started
+    return report
 
 
 REBUILD_TARGET = f"{APPLICATIONS}_rebuild"
@@ -328,3 +376,8 @@ def _rebuild(store: EnrollmentStore, spill: Spill, *, fold_group: int) -> Rebuil
         target.drop()  # a rebuild of an unchanged read model writes nothing
     report.seconds = time.monotonic() - started
     return report
+
+
+def _pages(items: Sequence[str], size: int) -> Iterable[list[str]]:
+    for start in range(0, len(items), size):
+        yield list(items[start : start + size])

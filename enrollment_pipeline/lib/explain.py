@@ -5,8 +5,9 @@ Its stored events in fold order (`fold_history` over the event store), each with
 came from (Kafka topic/partition/offset or archive file/line) and what it did (applied, or
 the anomaly's reason); its read-model document; its follow-up with every attempt; its leads,
 each published and where it is now (delivered, parked, refused, or not yet delivered); and
-the dead letters that name it (by key, or by the application of a refused lead). Every read
-is an indexed query; contact values are masked unless asked (`reveal`).
+the dead letters that name it (by key, or by the application of a refused lead); its erasures,
+if its applicant was erased. Every read is an indexed query; contact values are masked unless
+asked (`reveal`).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from enrollment_pipeline.lib.mongo.collections import (
     BROKER_FOLLOWUPS,
     DEAD_LETTERS,
     ENROLLMENT_EVENTS,
+    ERASURES,
     FOLLOWUP_ATTEMPTS,
     LEAD_DELIVERIES,
     LEAD_PUBLICATIONS,
@@ -32,6 +34,7 @@ from enrollment_pipeline.lib.mongo.store import EnrollmentStore
 WHERE = {
     "DELIVERED": "delivered",
     "FAILED": "refused by the CRM (waits for a redrive)",
+    "ERASED": "not delivered: its applicant was erased",
 }
 
 
@@ -81,9 +84,14 @@ def explain(store: EnrollmentStore, application_id: str, *, reveal: bool = False
         )
         .sort("last_seen_at", 1)
     ]
+    erasures = [
+        {k: doc.get(k) for k in ("_id", "started_at", "reason", "requested_by", "touched")}
+        for doc in db[ERASURES].find({"application_id": application_id}).sort("started_at", 1)
+    ]
     result = {
         "application_id": application_id,
         "found": bool(stored or document or followup or leads or letters),
+        "erasures": erasures,
         "events": history,
         "document": document,
         "followup": followup,

@@ -22,9 +22,12 @@ class Source:
     fields: Mapping[str, Any]
     raw: bytes | None
     key: bytes | None
+    # Set (lib/mongo/dead_letters.ERASURE) when the input names an erased applicant: its
+    # letter keeps the size and hash of the bytes, not the bytes.
+    withheld: str | None = None
 
     def letter(self, reason: str, detail: str) -> DeadLetter:
-        """The dead letter of this input: kept whole, with why."""
+        """The dead letter of this input: kept whole (unless withheld), with why."""
         return DeadLetter(
             id=self.id,
             reason=str(reason),
@@ -32,6 +35,7 @@ class Source:
             raw=self.raw,
             key=self.key,
             source=self.fields,
+            raw_withheld=self.withheld,
         )
 
 

@@ -95,7 +95,9 @@ def test_demo_shows_the_pipeline_and_a_sigterm_stops_everything_it_started(servi
             f"http://127.0.0.1:{port}/graphql", json={"query": SCHEDULE_STATE}, timeout=30
         ).json()["data"]["schedulesOrError"]["results"]
         assert {s["name"]: s["scheduleState"]["status"] for s in schedules} == {
-            "hourly_broker_followups": "RUNNING"
+            "hourly_broker_followups": "RUNNING",
+            "read_model_drift_schedule": "RUNNING",  # on by default: it only reads
+            "dead_letter_retention_schedule": "RUNNING",  # and so is the retention
         }
         produced = mongo[env["MONGO_DATABASE"]]["enrollment_events"].count_documents({})
         time.sleep(20)  # a trickle, not one burst: more events keep arriving

@@ -27,7 +27,7 @@ from enrollment_pipeline.lib.mongo.followup_store import FollowupStore
 from enrollment_pipeline.lib.mongo.lead_store import LeadDeliveryStore
 from enrollment_pipeline_tests import factories as f
 from enrollment_pipeline_tests.jobs import resolve
-from enrollment_pipeline_tests.pipeline import Pipeline
+from enrollment_pipeline_tests.pipeline import Pipeline, short_lease
 
 pytestmark = pytest.mark.integration
 
@@ -80,7 +80,7 @@ def scenario(pipeline: Pipeline, local_crm, smtp_server):
             session,
             as_of=f.T0 + timedelta(days=31),
             policy=FollowupPolicy(),
-            lease=None,
+            lease=short_lease(pipeline.mongo),
         )
     assert report.expired == 1
     return pipeline

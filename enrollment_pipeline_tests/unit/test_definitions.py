@@ -24,8 +24,12 @@ def test_definitions_load_with_every_resource():
         "deliver_leads",
         "backfill_enrollment_history",
         "rebuild_read_model",
+        "erase_applicant",
     ):
         assert repository.has_job(job), job
+    assert dg.AssetCheckKey(dg.AssetKey("applications"), "read_model_drift") in (
+        repository.asset_graph.asset_check_keys
+    )
     assert repository.has_sensor_def("enrollment_events_sensor")
     assert repository.has_sensor_def("lead_events_sensor")
     assert repository.has_schedule_def("hourly_broker_followups")

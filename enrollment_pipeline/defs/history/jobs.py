@@ -2,12 +2,13 @@
 recomputed from the event store): both write the read model, so they share ingestion's pool."""
 
 import dagster as dg
+from pydantic import Field
 
 from enrollment_pipeline.defs.datasets import APPLICATIONS, HISTORIC_EVENTS
 from enrollment_pipeline.defs.mongo.resources import MongoResource
 from enrollment_pipeline.defs.pools import READ_MODEL_POOL
 from enrollment_pipeline.defs.settings.resources import PipelineSettingsResource
-from enrollment_pipeline.lib.backfill import rebuild_read_model
+from enrollment_pipeline.lib.backfill import ALL, rebuild_read_model
 from enrollment_pipeline.lib.mongo.store import EnrollmentStore
 
 MAX_RUNTIME_SECONDS = 6 * 3600
@@ -21,34 +22,58 @@ backfill_enrollment_history = dg.define_asset_job(
 )
 
 
+class RebuildConfig(dg.Config):
+    application_ids: list[str] | None = Field(
+        default=None,
+        description="Refold only these applications (e.g. the `drifted_ids` of the check "
+        '`read_model_drift`); empty (null) or ["all"]: every application.',
+    )
+
+
 @dg.op(pool=READ_MODEL_POOL)
 def refold_every_application(
-    context: dg.OpExecutionContext, mongo: MongoResource, settings: PipelineSettingsResource
+    context: dg.OpExecutionContext,
+    config: RebuildConfig,
+    mongo: MongoResource,
+    settings: PipelineSettingsResource,
 ) -> None:
-    """Recompute `applications` and the fold-owned follow-up fields from the event store."""
+    """Recompute `applications` and the fold-owned follow-up fields from the event store (all
+    of them, or the applications of the run config)."""
+    ids = config.application_ids
+    every = ids is None or ids == [ALL]
     db = mongo.get_client()
     with db.explained_errors():
         report = rebuild_read_model(
             EnrollmentStore.of(db),
-            lease=settings.writer_lease(db.db(), run_id=context.run.run_id, job="rebuild"),
+            lease=settings.writer_lease(
+                db.db(),
+                run_id=context.run.run_id,
+                job="rebuild" if every else f"rebuild of {len(set(ids or []))} applications",
+            ),
+            application_ids=ids,
         )
-    context.log_event(
-        dg.AssetMaterialization(
-            APPLICATIONS,
-            metadata={
-                "applications": report.applications,
-                "events": report.events,
-                "documents_changed": report.documents_changed,
-                "documents_created": report.documents_created,
-                "documents_removed": report.documents_removed,
-                "followups_written": report.followups_written,
-                "passes_over_the_event_store": report.passes,
-                "fold_groups": report.groups,
-                "swapped_in_a_fresh_collection": report.swapped,
-                "seconds": round(report.seconds, 1),
-            },
+    metadata: dict = {
+        "applications": report.applications,
+        "events": report.events,
+        "documents_changed": report.documents_changed,
+        "documents_created": report.documents_created,
+        "documents_removed": report.documents_removed,
+        "followups_written": report.followups_written,
+        "seconds": round(report.seconds, 1),
+    }
+    if every:
+        metadata["passes_over_the_event_store"] = report.passes
+        metadata["fold_groups"] = report.groups
+        metadata["swapped_in_a_fresh_collection"] = report.swapped
+    else:
+        metadata["requested"] = report.requested
+        metadata["unknown"] = len(report.unknown)
+    context.log_event(dg.AssetMaterialization(APPLICATIONS, metadata=metadata))
+    if report.unknown:
+        shown = ", ".join(report.unknown[:20]) + (" …" if len(report.unknown) > 20 else "")
+        context.log.warning(
+            f"{len(report.unknown)} of the ids name no stored event and no document: {shown}"
         )
-    )
     context.log.info(
         f"rebuilt {report.applications} applications from {report.events} events: "
         f"{report.documents_created} created, {report.documents_changed} changed"
@@ -59,8 +84,9 @@ def refold_every_application(
     name="rebuild_read_model",
     executor_def=dg.in_process_executor,
     tags={"dagster/max_runtime": MAX_RUNTIME_SECONDS},
-    description="Recompute the read model from the event store (disaster recovery, or after "
-    "a projection change); the email job's follow-up fields and attempts are kept.",
+    description="Recompute the read model from the event store (disaster recovery, after a "
+    "projection change, or for the ids `read_model_drift` reported: `application_ids` in the "
+    "run config); the email job's follow-up fields and attempts are kept.",
 )
 def rebuild_read_model_job() -> None:
     refold_every_application()

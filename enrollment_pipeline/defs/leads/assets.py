@@ -110,6 +110,7 @@ def run_metadata(report: DeliveryReport, ranges: dict[str, str]) -> dict:
         "redriven": report.redriven,
         "left_for_next_run": report.unfinished,
         "dead_lettered": report.dead_lettered,
+        "erased_skipped": report.erased_skipped,
         "p50_latency_ms": round(report.latency_ms(0.50), 1),
         "p95_latency_ms": round(report.latency_ms(0.95), 1),
         "waiting_parked": report.waiting.get("PARKED", 0),

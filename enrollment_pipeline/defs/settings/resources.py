@@ -40,9 +40,12 @@ class PipelineSettingsResource(dg.ConfigurableResource):
     event_time_min: str = _default("event_time_min").isoformat()
     event_time_max: str = _default("event_time_max").isoformat()
     dead_letter_max_raw_bytes: int = _default("dead_letter_max_raw_bytes")
+    dead_letter_raw_retention_days: int = _default("dead_letter_raw_retention_days")
     ingest_max_range_attempts: int = _default("ingest_max_range_attempts")
     ingest_max_dead_letter_rate: float = _default("ingest_max_dead_letter_rate")
     ingest_max_consumer_lag: int = _default("ingest_max_consumer_lag")
+
+    read_model_drift_sample: int = _default("read_model_drift_sample")
 
     lead_max_per_run: int = _default("lead_max_per_run")
     lead_max_range_attempts: int = _default("lead_max_range_attempts")

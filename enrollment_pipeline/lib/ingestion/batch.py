@@ -10,6 +10,8 @@ its events stored, refolds to the same documents and publishes only unpublished 
 
 from __future__ import annotations
 
+import dataclasses
+import json
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -17,18 +19,25 @@ from typing import Any
 
 from pymongo import UpdateOne
 
+from enrollment_pipeline.domain.erasure import redact_event
 from enrollment_pipeline.domain.events import (
+    DEFAULT_MAX_BYTES,
+    ID_MAX,
     EnrollmentEvent,
     Rejection,
     RejectReason,
 )
-from enrollment_pipeline.domain.followup_queue import merge_followup, mongo_precision
+from enrollment_pipeline.domain.followup_queue import (
+    FollowupChange,
+    merge_followup,
+    mongo_precision,
+)
 from enrollment_pipeline.domain.leads import leads_of
 from enrollment_pipeline.domain.projection import Application, FoldStep, fold_history
 from enrollment_pipeline.lib.clients.kafka import Record
 from enrollment_pipeline.lib.ingestion.limits import InputLimits
 from enrollment_pipeline.lib.mongo.collections import Document
-from enrollment_pipeline.lib.mongo.dead_letters import DeadLetter
+from enrollment_pipeline.lib.mongo.dead_letters import ERASURE, DeadLetter
 from enrollment_pipeline.lib.mongo.store import EnrollmentStore
 from enrollment_pipeline.lib.sources import Source, kafka_source
 
@@ -96,11 +105,12 @@ class StoredBatch:
     """What a batch stored, for the fold that follows: each touched application's events of
     the batch (a conflicting copy leaves its application with none: it is refolded from the
     store), the ids stored before the batch (replays, which may already be in a document) and
-    the ids whose leads are still owed."""
+    the ids whose leads are still owed; the erased applications it touched."""
 
     by_app: dict[str, list[EnrollmentEvent]] = field(default_factory=dict)
     stored_before: set[str] = field(default_factory=set)
     unpublished: set[str] = field(default_factory=set)
+    erased: set[str] = field(default_factory=set)
 
 
 def apply_parsed(
@@ -139,8 +149,9 @@ def store_batch(
 
     `leads_owed=False` (a backfill without leads) stores events as published, so no lead is
     owed for them later either. Events stored at `run_started` (this run's earlier chunks)
-    are this run's, not replays.
+    are this run's, not replays. Erased applicants' inputs are stripped first.
     """
+    parsed, erased = forget_erased(store, parsed)
     letters: list[DeadLetter] = []
     batch_events: dict[str, tuple[EnrollmentEvent, Source]] = {}
     for source, outcome in parsed:
@@ -158,7 +169,7 @@ def store_batch(
     stored = store.stored_events(batch_events)
     ours = mongo_precision(run_started) if run_started is not None else None
     new_events: list[tuple[EnrollmentEvent, Mapping[str, Any]]] = []
-    batch = StoredBatch()
+    batch = StoredBatch(erased=erased)
     conflicted: set[str] = set()  # the stored copy counts, not this one
     for event_id, (event, source) in batch_events.items():
         info = stored.get(event_id)
@@ -220,16 +231,69 @@ def fold_batch(
     if batch.unpublished:
         leads_by_source: dict[str, list[str]] = {event_id: [] for event_id in batch.unpublished}
         leads = []
-        for app_id in sorted(folds):
-            for lead in leads_of(folds[app_id]):
-                if lead.source_event_id in leads_by_source:
-                    leads.append(lead)
-                    leads_by_source[lead.source_event_id].append(lead.lead_event_id)
-        if publish_leads is not None:
+        if publish_leads is not None:  # a backfill without leads owes none later either
+            for app_id in sorted(folds):
+                if app_id in batch.erased:  # no lead is ever published for an erased applicant
+                    continue
+                for lead in leads_of(folds[app_id]):
+                    if lead.source_event_id in leads_by_source:
+                        leads.append(lead)
+                        leads_by_source[lead.source_event_id].append(lead.lead_event_id)
             publish_leads([(lead.application_id.encode(), lead.to_json_bytes()) for lead in leads])
             report.leads_published += len(leads)
         store.mark_leads_published(leads_by_source, now=now)
     checkpoint("after_leads_produced")
+
+
+def forget_erased(
+    store: EnrollmentStore, parsed: Sequence[tuple[Source, EnrollmentEvent | Rejection]]
+) -> tuple[list[tuple[Source, EnrollmentEvent | Rejection]], set[str]]:
+    """The inputs with those of erased applicants (one `$in` on the tombstones a batch)
+    stripped of personal data before anything is stored: an event redacted as the erasure
+    redacted the stored ones (so a replayed original is a plain duplicate), and the raw bytes of
+    any of their inputs withheld from a dead letter. Also the erased applications touched."""
+    claims = [_claimed(source, outcome) for source, outcome in parsed]
+    erased = store.erased(app for claimed in claims for app in claimed)
+    if not erased:
+        return list(parsed), erased
+    forgotten: list[tuple[Source, EnrollmentEvent | Rejection]] = []
+    for (source, outcome), claimed in zip(parsed, claims, strict=True):
+        if claimed & erased:
+            source = dataclasses.replace(source, withheld=ERASURE)
+            if isinstance(outcome, EnrollmentEvent):
+                outcome = redact_event(outcome)
+        forgotten.append((source, outcome))
+    return forgotten, erased
+
+
+def _claimed(source: Source, outcome: EnrollmentEvent | Rejection) -> set[str]:
+    """The applications an input names: a valid event's, or for a rejected one its Kafka key
+    and the `application_id` of its body when that much can be read."""
+    if isinstance(outcome, EnrollmentEvent):
+        return {outcome.application_id}
+    claimed = []
+    if source.key is not None and len(source.key) <= 4 * ID_MAX:
+        claimed.append(source.key.decode("utf-8", "replace"))
+    if source.raw and len(source.raw) <= DEFAULT_MAX_BYTES:
+        try:
+            body = json.loads(source.raw)
+        except Exception:  # whatever the bytes are, this input names no other application
+            body = None
+        if isinstance(body, dict) and isinstance(body.get("application_id"), str):
+            claimed.append(body["application_id"])
+    # Only what could be an application's id goes into the query: a hostile key (megabytes,
+    # a NUL, a lone surrogate) must not fail the batch's `$in`.
+    return {claim for claim in claimed if _could_be_an_id(claim)}
+
+
+def _could_be_an_id(value: str) -> bool:
+    if not 0 < len(value) <= ID_MAX or "\x00" in value:
+        return False
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 @dataclass
@@ -295,15 +359,8 @@ def plan_writes(
     writes = Writes()
     for app_id in sorted(folds):
         steps = folds[app_id]
-        application = steps[-1].after
-        document = application.to_document()
         existing_followup = existing_followups.get(app_id)
-        change = merge_followup(
-            app_id,
-            application.followup,
-            existing_followup,
-            submitted_at=document.get("submitted_at"),
-        )
+        document, change = planned_document(steps[-1].after, existing_followup)
         if change is not None:
             if existing_followup is None:
                 writes.new_followups.append(
@@ -315,14 +372,38 @@ def plan_writes(
                 )
             report.followups_opened += change.opened
             report.followups_closed += change.closed
-            document["broker_followup_status"] = change.status
-        elif existing_followup is not None:
-            document["broker_followup_status"] = existing_followup.get("status")
         if app_id not in existing_apps:
             writes.new_apps.append(document)
-        elif normalized(existing_apps[app_id]) != normalized(document):
+        elif not same_document(existing_apps[app_id], document):
             writes.changed_apps.append(document)
     return writes
+
+
+def planned_document(
+    application: Application, existing_followup: Document | None
+) -> tuple[Document, FollowupChange | None]:
+    """The document the writers give an application's fold, and the follow-up queue's change
+    (None when the queue already says what the fold knows).
+
+    `broker_followup_status` is Contract 3's effective status: the fold's state with the email
+    job's escalation (`pending_reason`, kept while the broker cycle is the same)."""
+    document = application.to_document()
+    change = merge_followup(
+        application.application_id,
+        application.followup,
+        existing_followup,
+        submitted_at=document.get("submitted_at"),
+    )
+    if change is not None:
+        document["broker_followup_status"] = change.status
+    elif existing_followup is not None:
+        document["broker_followup_status"] = existing_followup.get("status")
+    return document, change
+
+
+def same_document(stored: Mapping[str, Any], planned: Mapping[str, Any]) -> bool:
+    """Equal as MongoDB keeps them (datetimes at millisecond precision)."""
+    return bool(normalized(dict(stored)) == normalized(dict(planned)))
 
 
 def _conflict(source: Source, event_id: str, first_seen: str) -> DeadLetter:

@@ -126,6 +126,7 @@ class DeliveryReport:
     redriven: int = 0  # parked or failed leads delivered in this run
     unfinished: int = 0  # not reached within the run's time budget
     dead_lettered: int = 0  # records of the topic that are not Contract-4 leads
+    erased_skipped: int = 0  # leads of erased applicants: closed, never posted
     latencies_s: list[float] = field(default_factory=list)
     committed: dict[int, int] = field(default_factory=dict)
     kafka_commit_errors: list[str] = field(default_factory=list)
@@ -177,6 +178,7 @@ def deliver_range(
     if only_applications is not None:
         retry_apps &= only_applications
     open_docs = deliveries.open_of({q.application_id for q in fresh} | retry_apps)
+    fresh, open_docs = _skip_erased(store, deliveries, fresh, open_docs, known, now, report)
     known.update({d["_id"]: d for d in open_docs})
     queues = lead_queues(fresh, [queued_of(d) for d in open_docs], set(known), retry_apps)
 
@@ -205,6 +207,39 @@ def deliver_range(
             report,
         )
     return report
+
+
+def _skip_erased(
+    store: EnrollmentStore,
+    deliveries: LeadDeliveryStore,
+    fresh: list[QueuedLead],
+    open_docs: list[dict[str, Any]],
+    known: Mapping[str, Mapping[str, Any]],
+    now: datetime,
+    report: DeliveryReport,
+) -> tuple[list[QueuedLead], list[dict[str, Any]]]:
+    """No lead of an erased applicant is posted (one `$in` on the tombstones a run): the
+    fresh ones are recorded ERASED without their payload, the waiting ones closed the same way."""
+    erased = store.erased(
+        {q.application_id for q in fresh} | {d["application_id"] for d in open_docs}
+    )
+    if not erased:
+        return fresh, open_docs
+    skipped = {
+        q.lead_event_id: q
+        for q in fresh
+        if q.application_id in erased and q.lead_event_id not in known
+    }
+    closing = [d["_id"] for d in open_docs if d["application_id"] in erased]
+    deliveries.write(
+        [lead_store.erased(q, now) for q in skipped.values()]
+        + [lead_store.closed_for_erasure(lead_id, now) for lead_id in closing]
+    )
+    report.erased_skipped = len(skipped) + len(closing)
+    return (
+        [q for q in fresh if q.application_id not in erased],
+        [d for d in open_docs if d["application_id"] not in erased],
+    )
 
 
 def _read(

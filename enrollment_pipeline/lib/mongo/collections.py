@@ -25,6 +25,12 @@ LEAD_PUBLICATIONS = "lead_publications"
 LEAD_DELIVERIES = "lead_deliveries"
 # The writers' lease of the read model: one document per epoch (lib/mongo/lease.py).
 WRITER_LEASES = "writer_leases"
+# One tombstone per erased applicant (`_id` = application_id): what comes in for it later is
+# redacted before it is stored or dead-lettered (lib/erasure.py).
+ERASED_APPLICATIONS = "erased_applications"
+# One record per erasure: when, why, who, and how many documents of each collection (no
+# personal data).
+ERASURES = "erasures"
 
 # The queries the pipeline makes, each backed by an index (unique where the contract says so).
 INDEXES: dict[str, list[IndexModel]] = {
@@ -48,10 +54,15 @@ INDEXES: dict[str, list[IndexModel]] = {
         IndexModel([("status", ASCENDING), ("reason", ASCENDING)], name="status_reason"),
         IndexModel([("key", ASCENDING)], name="key"),
         IndexModel([("source.application_id", ASCENDING)], name="source_application_id"),
+        # Retention of the raw bytes (DEAD_LETTER_RAW_RETENTION_DAYS).
+        IndexModel([("first_seen_at", ASCENDING)], name="first_seen_at"),
     ],
     LEAD_DELIVERIES: [
         IndexModel([("application_id", ASCENDING), ("status", ASCENDING)], name="application"),
         IndexModel([("status", ASCENDING), ("next_attempt_at", ASCENDING)], name="retry_due"),
+    ],
+    ERASURES: [
+        IndexModel([("application_id", ASCENDING)], name="application_id"),
     ],
     WRITER_LEASES: [
         IndexModel([("scope", ASCENDING), ("epoch", ASCENDING)], name="scope_epoch"),

@@ -10,6 +10,7 @@ decoding of the raw bytes are here, for the runs, the checks and the CLI alike.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -24,6 +25,10 @@ from enrollment_pipeline.lib.mongo.collections import DEAD_LETTERS, Document
 from enrollment_pipeline.lib.mongo.writes import BoundedWriter, in_chunks
 
 OPEN, REDRIVEN = "OPEN", "REDRIVEN"
+# Why a letter keeps no raw bytes (`raw_removed`): its applicant was erased, or its bytes were
+# older than DEAD_LETTER_RAW_RETENTION_DAYS. Its reason, detail, key, size and hash stay, and a
+# later sighting of the same input (a replay) does not bring the bytes back.
+ERASURE, RETENTION = "erasure", "retention"
 DEFAULT_MAX_RAW_BYTES = 256 * 1024
 # A Kafka key is an application id (at most 256 characters); more than this is kept cut.
 MAX_KEY_BYTES = 1024
@@ -42,6 +47,8 @@ class DeadLetter:
     # Of an input longer than `raw` (a line read only in part): its full size and SHA-256.
     raw_size: int | None = None
     raw_sha256: str | None = None
+    # Set (ERASURE) when the input must not be kept: only its size and SHA-256 are.
+    raw_withheld: str | None = None
 
 
 def raw_bytes(letter: Mapping[str, Any]) -> bytes | None:
@@ -68,6 +75,14 @@ def truncated(letter: Mapping[str, Any]) -> str | None:
         )
     if letter.get("key_truncated"):
         return "its Kafka key was kept cut; re-publish the record from its source instead"
+    removed = letter.get("raw_removed")
+    if removed:
+        why = (
+            "when its applicant was erased"
+            if removed == ERASURE
+            else "after DEAD_LETTER_RAW_RETENTION_DAYS"
+        )
+        return f"its raw bytes were removed {why}; re-publish the record from its source instead"
     return None
 
 
@@ -75,15 +90,27 @@ def _raw_fields(letter: DeadLetter, limit: int) -> dict[str, Any]:
     raw = letter.raw
     if raw is None:
         return {"raw_base64": None, "raw_size": None, "raw_sha256": None, "raw_truncated": False}
-    kept = raw[:limit]
     size = letter.raw_size if letter.raw_size is not None else len(raw)
+    digest = letter.raw_sha256 or hashlib.sha256(raw).hexdigest()
+    if letter.raw_withheld:
+        return {
+            **_NO_RAW,
+            "raw_size": size,
+            "raw_sha256": digest,
+            "raw_removed": letter.raw_withheld,
+        }
+    kept = raw[:limit]
     return {
         "raw_base64": base64.b64encode(kept).decode(),
         "raw_size": size,
-        "raw_sha256": letter.raw_sha256 or hashlib.sha256(raw).hexdigest(),
+        "raw_sha256": digest,
         "raw_truncated": len(kept) < size,
         "raw_kept_bytes": len(kept),
     }
+
+
+# What a letter keeps of its raw bytes once they are removed: nothing but size and hash.
+_NO_RAW = {"raw_base64": None, "raw_truncated": False, "raw_kept_bytes": 0}
 
 
 def _key_fields(key: bytes | None) -> dict[str, Any]:
@@ -115,28 +142,70 @@ class DeadLetterStore:
         self.max_raw_bytes = max_raw_bytes
 
     def upsert(self, letters: Sequence[DeadLetter], *, now: datetime) -> None:
-        """Upsert each rejected input once by its position; a rerun only moves `last_seen_at`."""
+        """Upsert each rejected input once by its position; a rerun only moves `last_seen_at`.
+
+        A letter whose raw bytes were removed (its applicant erased, or past the retention
+        period) gets none back when its input is seen again (one `$in` reads which)."""
         if not letters:
             return
-        ops = [
-            UpdateOne(
-                {"_id": letter.id},
-                {
-                    "$set": {
-                        "reason": letter.reason,
-                        "detail": letter.detail,
-                        **_raw_fields(letter, self.max_raw_bytes),
-                        **_key_fields(letter.key),
-                        "source": dict(letter.source),
-                        "last_seen_at": now,
-                    },
-                    "$setOnInsert": {"first_seen_at": now, "status": OPEN},
-                },
-                upsert=True,
+        removed = self.removed_of([letter.id for letter in letters])
+        ops = []
+        for letter in letters:
+            fields = {
+                "reason": letter.reason,
+                "detail": letter.detail,
+                **_raw_fields(
+                    dataclasses.replace(letter, raw_withheld=removed.get(letter.id))
+                    if removed.get(letter.id) and not letter.raw_withheld
+                    else letter,
+                    self.max_raw_bytes,
+                ),
+                **_key_fields(letter.key),
+                "source": dict(letter.source),
+                "last_seen_at": now,
+            }
+            if fields.get("raw_removed") and not removed.get(letter.id):
+                fields["raw_removed_at"] = now
+            ops.append(
+                UpdateOne(
+                    {"_id": letter.id},
+                    {"$set": fields, "$setOnInsert": {"first_seen_at": now, "status": OPEN}},
+                    upsert=True,
+                )
             )
-            for letter in letters
-        ]
         self.writer.bulk_write(self.collection, ops)
+
+    def removed_of(self, letter_ids: Sequence[str]) -> dict[str, str]:
+        """Of these letters, those whose raw bytes were removed, and why."""
+        return {
+            d["_id"]: d["raw_removed"]
+            for chunk in in_chunks(letter_ids)
+            for d in self.collection.find(
+                {"_id": {"$in": chunk}, "raw_removed": {"$ne": None}}, {"raw_removed": 1}
+            )
+        }
+
+    def remove_raw(self, letter_ids: Sequence[str], *, why: str, now: datetime) -> int:
+        """Drop the raw bytes of these letters (their reason, detail, key, size and hash stay),
+        one bounded update each; returns how many."""
+        self.writer.bulk_write(
+            self.collection,
+            [
+                UpdateOne(
+                    {"_id": i},
+                    {"$set": {**_NO_RAW, "raw_removed": why, "raw_removed_at": now}},
+                )
+                for i in letter_ids
+            ],
+        )
+        return len(letter_ids)
+
+    def raw_first_seen_before(self, cutoff: datetime, *, limit: int) -> list[str]:
+        """Up to `limit` letters first seen before `cutoff` that still keep raw bytes."""
+        cursor = self.collection.find(
+            {"first_seen_at": {"$lt": cutoff}, "raw_base64": {"$ne": None}}, {"_id": 1}
+        ).limit(limit)
+        return [d["_id"] for d in cursor]
 
     def mark_redriven(self, letter_ids: Sequence[str], *, now: datetime) -> None:
         """Close dead letters whose input was applied after a fix."""

@@ -2,9 +2,10 @@
 
 One document per lead (`_id` = `lead_event_id`): its application and Kafka position, the
 attempts so far, the last HTTP status, and its state: DELIVERED, PARKED (retries exhausted,
-or waiting behind an earlier lead of its application) or FAILED (the CRM refused it; a
-`crm:{lead_event_id}` dead letter says why). A lead not yet delivered keeps its payload here,
-since the topic's retention may drop it before a redrive; it is removed on delivery.
+or waiting behind an earlier lead of its application), FAILED (the CRM refused it; a
+`crm:{lead_event_id}` dead letter says why) or ERASED (its applicant was erased: never posted).
+A lead not yet delivered keeps its payload here, since the topic's retention may drop it before
+a redrive; it is removed on delivery and on erasure.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ from enrollment_pipeline.lib.mongo.collections import LEAD_DELIVERIES, Document
 from enrollment_pipeline.lib.mongo.writes import BoundedWriter, in_chunks
 
 DELIVERED, PARKED, FAILED = "DELIVERED", "PARKED", "FAILED"
+# Never delivered and never will be: its applicant was erased (its payload is gone).
+ERASED = "ERASED"
 OPEN = [PARKED, FAILED]
 RETRIES_EXHAUSTED, BEHIND = "retries_exhausted", "behind"
 
@@ -73,6 +76,13 @@ class LeadDeliveryStore:
         """Parked and failed leads. Two indexed counts: the delivered ones, which grow
         forever, are never counted on this path (every run and every check calls it)."""
         return {status: self.collection.count_documents({"status": status}) for status in OPEN}
+
+    def with_payload_of(self, application_id: str) -> list[str]:
+        """The leads of an application that still keep their payload (contact data)."""
+        cursor = self.collection.find(
+            {"application_id": application_id, "lead": {"$exists": True}}, {"_id": 1}
+        )
+        return [d["_id"] for d in cursor]
 
     def write(self, updates: Sequence[UpdateOne]) -> None:
         self.writer.bulk_write(self.collection, updates)
@@ -152,6 +162,34 @@ def delivered(
             "$setOnInsert": {"first_seen_at": now},
         },
         upsert=True,
+    )
+
+
+_PAYLOAD_AND_WAIT = {"lead": "", "blocked_by": "", "parked_reason": "", "next_attempt_at": ""}
+
+
+def erased(lead: QueuedLead, now: datetime) -> UpdateOne:
+    """A lead of an erased applicant read from the topic: recorded, never posted, no payload
+    (its record makes a replay of the topic skip it too)."""
+    return UpdateOne(
+        {"_id": lead.lead_event_id},
+        {
+            "$set": {**_where(lead, now), "status": ERASED, "erased_at": now, "attempts": 0},
+            "$unset": _PAYLOAD_AND_WAIT,
+            "$setOnInsert": {"first_seen_at": now},
+        },
+        upsert=True,
+    )
+
+
+def closed_for_erasure(lead_event_id: str, now: datetime) -> UpdateOne:
+    """A waiting lead (parked or refused) of an erased applicant: closed, its payload gone."""
+    return UpdateOne(
+        {"_id": lead_event_id, "status": {"$ne": DELIVERED}},
+        {
+            "$set": {"status": ERASED, "erased_at": now, "last_error": None, "updated_at": now},
+            "$unset": _PAYLOAD_AND_WAIT,
+        },
     )
 
 

@@ -25,6 +25,7 @@ from enrollment_pipeline.lib.mongo.collections import (
     BROKER_FOLLOWUPS,
     CONSUMER_OFFSETS,
     ENROLLMENT_EVENTS,
+    ERASED_APPLICATIONS,
     LEAD_PUBLICATIONS,
     Document,
 )
@@ -151,6 +152,13 @@ class EnrollmentStore:
         ):
             result[doc["application_id"]].append(EnrollmentEvent.from_stored(doc["event"]))
         return result
+
+    def erased(self, application_ids: Iterable[str]) -> set[str]:
+        """Of these applications, those whose applicant was erased (a tombstone each): one
+        `$in` on `_id` a piece, which FerretDB's patched build looks up in the index."""
+        return {
+            d["_id"] for d in self._find_in(ERASED_APPLICATIONS, "_id", application_ids, {"_id": 1})
+        }
 
     def mark_leads_published(
         self, lead_ids_by_source: Mapping[str, list[str]], *, now: datetime
