@@ -25,6 +25,8 @@ LEAD_PUBLICATIONS = "lead_publications"
 LEAD_DELIVERIES = "lead_deliveries"
 # The writers' lease of the read model: one document per epoch (lib/mongo/lease.py).
 WRITER_LEASES = "writer_leases"
+# The enrollment topic's partition count the writers lease by (lib/mongo/layout.py).
+PIPELINE_LAYOUT = "pipeline_layout"
 
 # The queries the pipeline makes, each backed by an index (unique where the contract says so).
 INDEXES: dict[str, list[IndexModel]] = {
