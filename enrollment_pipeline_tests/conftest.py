@@ -30,7 +30,7 @@ from enrollment_pipeline.settings import PipelineSettings, StackSettings
 from enrollment_pipeline.stack.crm import LocalCrm
 from enrollment_pipeline.stack.local import LocalStack
 from enrollment_pipeline.stack.mongo import MongoWire
-from enrollment_pipeline_tests.pipeline import Pipeline
+from enrollment_pipeline_tests.pipeline import TEST_PARTITIONS, Pipeline
 
 
 @dataclass(frozen=True)
@@ -113,7 +113,7 @@ def kafka(services: Services) -> Iterator[KafkaClient]:
 def topic(kafka: KafkaClient) -> Iterator[str]:
     """A fresh 3-partition topic for this test, deleted afterwards."""
     name = f"test-{uuid.uuid4().hex[:12]}"
-    kafka.ensure_topics([name], partitions=3)
+    kafka.ensure_topics([name], partitions=TEST_PARTITIONS)
     yield name
     kafka.delete_topics([name])
 

@@ -20,7 +20,7 @@ from enrollment_pipeline.lib.clients.kafka import KafkaClient
 from enrollment_pipeline.lib.clients.mongo import MongoConnection
 from enrollment_pipeline.lib.ingestion.run import IngestResult, ingest_range
 from enrollment_pipeline.lib.mongo.collections import APPLICATIONS, BROKER_FOLLOWUPS, DEAD_LETTERS
-from enrollment_pipeline.lib.mongo.lease import LeasePolicy, WriterLease
+from enrollment_pipeline.lib.mongo.lease import LeasePolicy, WriterLease, all_partition_scopes
 from enrollment_pipeline.lib.mongo.store import EnrollmentStore
 from enrollment_pipeline_tests.jobs import as_resources, run_job
 
@@ -83,10 +83,18 @@ class Pipeline:
         return [json.loads(r.value) for r in records]
 
 
-def short_lease(mongo: MongoConnection, owner: str = "a test") -> WriterLease:
-    """A writers' lease with the waits of a test: a minute at most, no grace."""
+# The partitions of a test's topic (conftest's `topic` fixture).
+TEST_PARTITIONS = 3
+
+
+def short_lease(
+    mongo: MongoConnection, owner: str = "a test", *, partitions: int = TEST_PARTITIONS
+) -> WriterLease:
+    """A writers' lease of every partition, with the waits of a test: a minute at most, no
+    grace."""
     return WriterLease(
         mongo.db(),
+        scopes=all_partition_scopes(partitions),
         owner=owner,
         policy=LeasePolicy(
             ttl=timedelta(seconds=20), wait=timedelta(seconds=60), grace=timedelta(0)

@@ -192,18 +192,57 @@ def offsets_reset(to_offsets, to_time, partitions, consumer, allow_skip, force, 
     click.echo("done; the sensor will replay from there")
 
 
+@offsets.command("accept-partitions")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+def offsets_accept_partitions(yes) -> None:
+    """Adopt the enrollment topic's partition count after partitions were added to it.
+
+    Writers lease the read model per partition, by the count recorded when ingestion first
+    ran; after a change ingestion refuses until this runs. It waits for every writer (it takes
+    every old and new partition's lease), then records the new count: from then on an
+    application's new events may sit on another partition than its old ones, which the fold
+    does not mind (it orders by event time, not offset).
+
+    Example: enrollment-pipeline offsets accept-partitions
+    """
+    from enrollment_pipeline.lib.mongo.layout import accept_layout, recorded_layout
+
+    check(KafkaSettings, MongoSettings)
+    settings = KafkaSettings()
+    store = enrollment_store()
+    with kafka_client() as kafka:
+        count = len(kafka.partitions(settings.enrollment_topic))
+    recorded = recorded_layout(store.db)
+    if recorded is not None and recorded.partitions == count:
+        click.echo(f"{settings.enrollment_topic}: {count} partitions, as recorded; nothing to do")
+        return
+    before = "none recorded" if recorded is None else f"{recorded.partitions} recorded"
+    click.echo(f"{settings.enrollment_topic}: {count} partitions now, {before}")
+    if not yes:
+        click.confirm("Record the new count (waits for every writer)?", abort=True)
+    widest = max(count, recorded.partitions if recorded else 0)
+    with _cli_lease(store, "offsets accept-partitions", partitions=widest):
+        accept_layout(store.db, settings.enrollment_topic, count)
+    click.echo(f"recorded {count} partitions; ingestion resumes at the next tick")
+
+
 def _who() -> str:
     from enrollment_pipeline.lib.mongo.lease import default_owner
 
     return default_owner()
 
 
-def _cli_lease(store, description: str):
-    """The writers' lease a command takes before it writes the read model."""
-    from enrollment_pipeline.lib.mongo.lease import LeasePolicy, WriterLease
+def _cli_lease(store, description: str, *, partitions: int | None = None):
+    """The writers' lease a command takes before it writes the read model: every partition's
+    (of `partitions`, or of the count the writers use)."""
+    from enrollment_pipeline.lib.mongo.layout import writer_partitions
+    from enrollment_pipeline.lib.mongo.lease import LeasePolicy, WriterLease, all_partition_scopes
 
+    if partitions is None:
+        partitions = writer_partitions(store.db, KafkaSettings().kafka_topic_partitions)
     return WriterLease(
         store.db,
+        scopes=all_partition_scopes(partitions),
         owner=f"enrollment-pipeline {description} ({_who()})",
         description=description,
         policy=LeasePolicy.from_settings(MongoSettings()),

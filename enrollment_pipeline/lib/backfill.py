@@ -11,6 +11,7 @@ size of a day's file.
 from __future__ import annotations
 
 import dataclasses
+import json
 import tempfile
 import time
 from collections.abc import Iterable, Sequence
@@ -24,6 +25,7 @@ from enrollment_pipeline.domain.events import (
     Rejection,
     RejectReason,
 )
+from enrollment_pipeline.domain.partitioning import partition_of
 from enrollment_pipeline.domain.projection import fold_history
 from enrollment_pipeline.lib.clients.archive import Archive, ArchiveLine, ArchiveTailError
 from enrollment_pipeline.lib.ingestion.batch import (
@@ -61,6 +63,7 @@ class BackfillReport:
     applications_refolded: int = 0
     followups_opened: int = 0
     leads_published: int = 0
+    lines_of_other_shards: int = 0
     seconds: float = 0.0
 
     @property
@@ -79,6 +82,38 @@ class BackfillReport:
         self.leads_published += batch.leads_published
 
 
+@dataclass(frozen=True)
+class Shard:
+    """The applications whose key is on `partition` of a topic of `partitions`: the part of a
+    backfill one run of a sharded backfill writes, under that partition's lease only."""
+
+    partition: int
+    partitions: int
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.partition < self.partitions:
+            raise ValueError(
+                f"shard {self.partition} does not exist: the topic has {self.partitions} "
+                f"partitions (shards 0..{self.partitions - 1})"
+            )
+
+    def owns(self, raw: bytes) -> bool:
+        """Whether this shard applies the line: the one its application's key is on. A line
+        naming no application (its dead letter) is shard 0's, so each line is one shard's."""
+        return line_partition(raw, self.partitions) == self.partition
+
+
+def line_partition(raw: bytes, partitions: int) -> int:
+    """The partition of the application an archive line names (its raw `application_id`, as
+    the producer keys it); 0 when it names none."""
+    try:
+        value = json.loads(raw)
+    except (ValueError, RecursionError):
+        return 0
+    app_id = value.get("application_id") if isinstance(value, dict) else None
+    return partition_of(app_id, partitions) if isinstance(app_id, str) else 0
+
+
 def backfill_days(
     archive: Archive,
     store: EnrollmentStore,
@@ -90,6 +125,7 @@ def backfill_days(
     limits: InputLimits = DEFAULT_LIMITS,
     fold_group: int = 50_000,
     spill_dir: Path | None = None,
+    shard: Shard | None = None,
 ) -> BackfillReport:
     """Apply every line of the days' files; bad lines and corrupt tails are dead-lettered.
 
@@ -98,10 +134,11 @@ def backfill_days(
     writes it once (new documents by `insert_many`). The events wait for the fold on disk,
     hashed by application into shards (`lib/spill.py`), and are folded a group of shards of
     about `fold_group` events at a time, so memory stays bounded whatever the range. The
-    writers' `lease` is held for the whole run.
+    writers' `lease` is held for the whole run. With a `shard`, only the lines of that shard's
+    applications are applied (the others are counted in `lines_of_other_shards`).
     """
     with holding(lease), tempfile.TemporaryDirectory(prefix="backfill-", dir=spill_dir) as tmp:
-        return _Backfill(store.guarded(lease), publish_leads, limits, Spill(Path(tmp))).run(
+        return _Backfill(store.guarded(lease), publish_leads, limits, Spill(Path(tmp)), shard).run(
             archive, days, chunk_lines=chunk_lines, fold_group=fold_group
         )
 
@@ -113,6 +150,7 @@ class _Backfill:
         publish_leads: PublishLeads | None,
         limits: InputLimits,
         spill: Spill,
+        shard: Shard | None,
     ) -> None:
         self.store, self.publish_leads, self.limits, self.spill = (
             store,
@@ -120,6 +158,9 @@ class _Backfill:
             limits,
             spill,
         )
+        self.shard = shard
+        # Whole-file events (an unreadable tail, a line read only in part) are shard 0's.
+        self.owns_file_events = shard is None or shard.partition == 0
         self.report = BackfillReport()
         self.batch_report = BatchReport()
         self.now = datetime.now(UTC)
@@ -140,8 +181,11 @@ class _Backfill:
                 self.report.files += 1
                 try:
                     for line in archive.lines(name, max_line_bytes=self.limits.max_record_bytes):
-                        source = archive_source(name, line.line, line.raw)
                         if line.oversized:  # read only in part: its letter keeps size and hash
+                            if not self.owns_file_events:
+                                self.report.lines_of_other_shards += 1
+                                continue
+                            source = archive_source(name, line.line, line.raw)
                             _dead_letter_oversized(self.store, source, line)
                             self.batch_report.events_read += 1
                             self.batch_report.dead_lettered += 1
@@ -149,11 +193,17 @@ class _Backfill:
                                 self.batch_report.dead_letter_reasons, str(RejectReason.OVERSIZED)
                             )
                             continue
+                        if self.shard is not None and not self.shard.owns(line.raw):
+                            self.report.lines_of_other_shards += 1
+                            continue
+                        source = archive_source(name, line.line, line.raw)
                         chunk.append((source, self.limits.archive_line(line.raw)))
                         if len(chunk) >= chunk_lines:
                             self._store(chunk)
                 except ArchiveTailError as exc:
                     self._store(chunk)
+                    if not self.owns_file_events:
+                        continue
                     _dead_letter_tail(self.store, exc)
                     self.batch_report.dead_lettered += 1
                     _count(

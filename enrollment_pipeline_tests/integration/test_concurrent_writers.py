@@ -18,10 +18,19 @@ from enrollment_pipeline.defs.ingestion.jobs import ingest_enrollment_events
 from enrollment_pipeline.defs.ingestion.sensors import enrollment_events_sensor
 from enrollment_pipeline.lib.backfill import backfill_days
 from enrollment_pipeline.lib.clients.archive import Archive
-from enrollment_pipeline.lib.mongo.lease import LeaseHeldError, LeasePolicy, WriterLease
+from enrollment_pipeline.lib.mongo.lease import (
+    LeaseHeldError,
+    LeasePolicy,
+    WriterLease,
+    all_partition_scopes,
+)
 from enrollment_pipeline.lib.sample_data import synthetic_records, write_archive
 from enrollment_pipeline_tests.jobs import run_job
-from enrollment_pipeline_tests.pipeline import Pipeline, assert_read_model_is_the_fold
+from enrollment_pipeline_tests.pipeline import (
+    TEST_PARTITIONS,
+    Pipeline,
+    assert_read_model_is_the_fold,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -53,6 +62,7 @@ def split_history(tmp_path: Path, applications: int, seed: int):
 def lease(pipeline: Pipeline, owner: str, wait_s: float) -> WriterLease:
     return WriterLease(
         pipeline.mongo.db(),
+        scopes=all_partition_scopes(TEST_PARTITIONS),
         owner=owner,
         policy=LeasePolicy(
             ttl=timedelta(seconds=30), wait=timedelta(seconds=wait_s), grace=timedelta(0)

@@ -10,7 +10,7 @@ import pytest
 
 from enrollment_pipeline.defs.ingestion.jobs import ingest_enrollment_events
 from enrollment_pipeline.defs.ingestion.sensors import enrollment_events_sensor
-from enrollment_pipeline.defs.offset_ranges import ATTEMPT_TAG, PARTITIONS_TAG, RANGE_TAG
+from enrollment_pipeline.defs.offset_ranges import ATTEMPT_TAG, LANE_TAG, PARTITIONS_TAG, RANGE_TAG
 from enrollment_pipeline.defs.settings.resources import PipelineSettingsResource
 from enrollment_pipeline.lib.clients.kafka import KafkaClient, KafkaConfig, KafkaUnavailableError
 from enrollment_pipeline.lib.clients.mongo import (
@@ -130,10 +130,30 @@ def test_partitions_of_a_run_in_flight_are_not_requested(settings, instance, kaf
     in_flight("another-topic", "0,1,2")  # other topics' runs do not block this one
     (request,) = tick(instance, kafka, mongo, settings).run_requests
     assert request.tags[PARTITIONS_TAG] == "0,1,2"
+    assert request.tags[LANE_TAG] == "0"
 
-    in_flight(topic, "0,1")
-    (request,) = tick(instance, kafka, mongo, settings).run_requests
-    assert request.tags[PARTITIONS_TAG] == "2"
+    in_flight(topic, "0")  # one lane (INGEST_PARALLEL_RUNS=1): it waits for its run
+    outcome = tick(instance, kafka, mongo, settings)
+    assert isinstance(outcome, dg.SkipReason)
+    assert "partitions [0] have a run in flight" in outcome.skip_message
+
+    two_lanes = PipelineSettingsResource(enrollment_topic=topic, ingest_parallel_runs=2)
+    (request,) = tick(instance, kafka, mongo, two_lanes).run_requests  # lanes {0, 2} and {1}
+    assert (request.tags[PARTITIONS_TAG], request.tags[LANE_TAG]) == ("1", "1")
+
+
+def test_two_lanes_get_two_runs_over_disjoint_partitions(settings, instance, kafka, mongo, topic):
+    produce_apps(kafka, topic, 40)
+    two_lanes = PipelineSettingsResource(enrollment_topic=topic, ingest_parallel_runs=2)
+    requests = tick(instance, kafka, mongo, two_lanes).run_requests
+    assert [(r.tags[LANE_TAG], r.tags[PARTITIONS_TAG]) for r in requests] == [
+        ("0", "0,2"),
+        ("1", "1"),
+    ]
+    assert all(r.tags["dagster/priority"] == "10" for r in requests)
+    for request in requests:
+        assert run(instance, kafka, mongo, two_lanes, request).success
+    assert mongo.db()[APPLICATIONS].count_documents({}) == 40
 
 
 def test_a_failed_range_is_requested_again_then_reported(settings, instance, kafka, mongo, topic):
@@ -144,17 +164,51 @@ def test_a_failed_range_is_requested_again_then_reported(settings, instance, kaf
             uri="mongodb://127.0.0.1:1/", database=mongo.database, server_selection_timeout_ms=300
         )
     )
-    keys = []
-    for attempt in (1, 2):
-        (request,) = tick(instance, kafka, mongo, settings).run_requests
-        assert request.tags[ATTEMPT_TAG] == str(attempt)
+    keys, requested = [], []
+    while isinstance(result := tick(instance, kafka, mongo, settings), dg.SensorResult):
+        (request,) = result.run_requests
+        requested.append((request.tags[PARTITIONS_TAG], request.tags[ATTEMPT_TAG]))
         keys.append(request.run_key)
         assert not run(instance, kafka, broken_mongo, settings, request).success
-    assert len(set(keys)) == 2  # a reused run key would be skipped silently by Dagster
+        assert len(requested) < 10
+    # The lane's run fails; then each partition, having failed, runs alone for its last attempt.
+    assert requested == [("0,1,2", "1"), ("0", "2"), ("1", "2"), ("2", "2")]
+    assert len(set(keys)) == len(keys)  # a reused run key would be skipped silently by Dagster
+    for partition in (0, 1, 2):
+        assert f"partition {partition} of {topic} from offset 0 failed 2 times" in (
+            result.skip_message
+        )
 
-    outcome = tick(instance, kafka, mongo, settings)
-    assert isinstance(outcome, dg.SkipReason)
-    assert "failed 2 times" in outcome.skip_message
+
+def test_a_partition_that_keeps_failing_does_not_hold_the_others(
+    settings, instance, kafka, mongo, topic
+):
+    settings = PipelineSettingsResource(enrollment_topic=topic, ingest_max_range_attempts=2)
+    produce_apps(kafka, topic, 30)
+    broken_mongo = MongoConnection(
+        MongoConfig(
+            uri="mongodb://127.0.0.1:1/", database=mongo.database, server_selection_timeout_ms=300
+        )
+    )
+
+    def drain_with_partition_0_failing() -> list[str]:
+        ran = []
+        while isinstance(result := tick(instance, kafka, mongo, settings), dg.SensorResult):
+            (request,) = result.run_requests
+            poisoned = "0" in request.tags[PARTITIONS_TAG].split(",")
+            outcome = run(instance, kafka, broken_mongo if poisoned else mongo, settings, request)
+            assert outcome.success is not poisoned
+            ran.append(request.tags[PARTITIONS_TAG])
+            assert len(ran) < 10
+        return ran
+
+    assert drain_with_partition_0_failing() == ["0,1,2", "0", "1", "2"]
+    committed = EnrollmentStore.of(mongo).committed_offsets(ENROLLMENT_GROUPS[0], topic)
+    ends = kafka.end_offsets(topic)
+    assert {p: committed.get(p, 0) for p in ends} == {0: 0, 1: ends[1], 2: ends[2]}
+
+    kafka.produce_batch(topic, [f.record(f.submitted(f"APP-NEW-{i}", i)) for i in range(30)])
+    assert drain_with_partition_0_failing() == ["1,2"]  # new events of 1 and 2 go on
 
 
 def test_twelve_partitions_in_one_request(instance, kafka, mongo):

@@ -1,5 +1,7 @@
 """`historic_enrollment_events`: days of the archive backfilled into the event store and the
-read model (Contract 5). It writes the read model, so it shares ingestion's pool."""
+read model (Contract 5). A run writes every application under every partition's lease, or, as
+one shard of a sharded backfill (`shard`), the applications of one partition under that
+partition's lease only: live ingestion of the other partitions goes on beside it."""
 
 from datetime import timedelta
 
@@ -10,10 +12,12 @@ from enrollment_pipeline.defs.archive.resources import ArchiveResource
 from enrollment_pipeline.defs.datasets import ARCHIVE, GROUP, HISTORIC_EVENTS, OWNERS
 from enrollment_pipeline.defs.kafka.resources import KafkaResource
 from enrollment_pipeline.defs.mongo.resources import MongoResource
-from enrollment_pipeline.defs.pools import READ_MODEL_POOL
 from enrollment_pipeline.defs.settings.resources import PipelineSettingsResource
-from enrollment_pipeline.lib.backfill import backfill_days
+from enrollment_pipeline.lib.backfill import Shard, backfill_days
 from enrollment_pipeline.lib.clients.archive import ArchiveMissingError
+from enrollment_pipeline.lib.clients.kafka import KafkaUnavailableError
+from enrollment_pipeline.lib.clients.mongo import MongoConnection
+from enrollment_pipeline.lib.mongo.layout import check_layout, writer_partitions
 from enrollment_pipeline.lib.mongo.store import EnrollmentStore
 from enrollment_pipeline.lib.settings_errors import load
 from enrollment_pipeline.settings import ArchiveSettings
@@ -42,6 +46,14 @@ class BackfillConfig(dg.Config):
         description="Publish the leads of archived events (Contract 4). Off by default: "
         "the CRM usually had them long ago.",
     )
+    shard: int | None = Field(
+        default=None,
+        ge=0,
+        description="Only the applications whose key is on this partition of the enrollment "
+        "topic, under that partition's lease (one run of a sharded backfill: "
+        "`enrollment-pipeline backfill --shards`). Unset: every application, under every "
+        "partition's lease.",
+    )
 
 
 def historic_enrollment_events_asset(partitions: dg.DailyPartitionsDefinition):
@@ -51,7 +63,6 @@ def historic_enrollment_events_asset(partitions: dg.DailyPartitionsDefinition):
         owners=OWNERS,
         partitions_def=partitions,
         backfill_policy=dg.BackfillPolicy.single_run(),
-        pool=READ_MODEL_POOL,
         group_name=GROUP,
         kinds={"s3", "mongodb"},
         description="Historic enrollment events from the archive (Contract 5), one partition "
@@ -82,16 +93,26 @@ def historic_enrollment_events_asset(partitions: dg.DailyPartitionsDefinition):
         except ArchiveMissingError as exc:
             raise dg.Failure(description=str(exc)) from None
         limits = settings.input_limits()
+        partitions = _partition_count(context, kafka, db, settings)
+        try:
+            shard = None if config.shard is None else Shard(config.shard, partitions)
+        except ValueError as exc:
+            raise dg.Failure(description=str(exc)) from None
+        what = f"backfill {days[0]}..{days[-1]}" + (f" shard {shard.partition}" if shard else "")
         with db.explained_errors():
             report = backfill_days(
                 source,
                 EnrollmentStore.of(db, max_raw_bytes=limits.max_raw_bytes),
                 days,
                 lease=settings.writer_lease(
-                    db.db(), run_id=context.run.run_id, job=f"backfill {days[0]}..{days[-1]}"
+                    db.db(),
+                    run_id=context.run.run_id,
+                    job=what,
+                    partitions=None if shard is None else [shard.partition],
                 ),
                 publish_leads=publish,
                 limits=limits,
+                shard=shard,
             )
         context.log.info(
             f"{days[0]}..{days[-1]}: {report.files} files, {report.lines_read} lines, "
@@ -113,10 +134,32 @@ def historic_enrollment_events_asset(partitions: dg.DailyPartitionsDefinition):
                 "followups_opened": report.followups_opened,
                 "leads_published": report.leads_published,
                 "events_per_second": round(report.events_per_second, 1),
+                "shard": "all" if shard is None else f"{shard.partition} of {partitions}",
+                "lines_of_other_shards": report.lines_of_other_shards,
             }
         )
 
     return historic_enrollment_events
+
+
+def _partition_count(
+    context: dg.AssetExecutionContext,
+    kafka: KafkaResource,
+    db: MongoConnection,
+    settings: PipelineSettingsResource,
+) -> int:
+    """The enrollment topic's partition count, checked against the one the writers use. A
+    backfill needs no Kafka otherwise: without it (no topic yet), the writers' count."""
+    try:
+        count = len(kafka.get_client().partitions(settings.enrollment_topic))
+    except KafkaUnavailableError as exc:
+        with db.explained_errors():
+            count = writer_partitions(db.db(), settings.kafka_topic_partitions)
+        context.log.warning(f"{exc}; leasing and sharding by {count} partitions")
+        return count
+    with db.explained_errors():
+        check_layout(db.db(), settings.enrollment_topic, count)
+    return count
 
 
 @dg.definitions

@@ -1,5 +1,6 @@
 """`backfill_enrollment_history` (days of the archive) and `rebuild_read_model` (the read model
-recomputed from the event store): both write the read model, so they share ingestion's pool."""
+recomputed from the event store). A rebuild writes every application: it takes every
+partition's lease, and its pool keeps a second rebuild queued."""
 
 import dagster as dg
 from pydantic import Field

@@ -29,10 +29,10 @@ from enrollment_pipeline.defs.ingestion.checks import (
 from enrollment_pipeline.defs.kafka.resources import KafkaResource
 from enrollment_pipeline.defs.mongo.resources import MongoResource
 from enrollment_pipeline.defs.offset_ranges import OffsetRangeConfig, range_metadata
-from enrollment_pipeline.defs.pools import READ_MODEL_POOL
 from enrollment_pipeline.defs.settings.resources import PipelineSettingsResource
 from enrollment_pipeline.lib.ingestion.batch import BatchReport
 from enrollment_pipeline.lib.ingestion.run import ingest_range
+from enrollment_pipeline.lib.mongo.layout import check_layout
 from enrollment_pipeline.lib.mongo.store import EnrollmentStore
 
 enrollment_events_topic = dg.AssetSpec(
@@ -49,7 +49,8 @@ enrollment_events_topic = dg.AssetSpec(
     name="ingest_offset_range",
     specs=ingested_dataset_specs(),
     check_specs=[batch_dead_letter_rate_spec],
-    pool=READ_MODEL_POOL,
+    # No pool: runs over disjoint lanes go in parallel (the lane tag limits each lane to one
+    # run; the per-partition lease keeps any other writer out).
     can_subset=False,
     description="Apply one offset range of enrollment-events (the sensor gives it) to the "
     "event store, the read model, the follow-up queue and the lead topic.",
@@ -71,14 +72,20 @@ def ingest_offset_range(
         return
     db = mongo.get_client()
     limits = settings.input_limits()
+    client = kafka.get_client()
     with db.explained_errors():  # a stalled server fails the run; the sensor retries
+        # Leases are per partition: only while every writer counts partitions alike.
+        check_layout(db.db(), plan.topic, len(client.partitions(plan.topic)))
         result = ingest_range(
-            kafka.get_client(),
+            client,
             EnrollmentStore.of(db, max_raw_bytes=limits.max_raw_bytes),
             plan,
             lead_topic=settings.lead_topic,
             lease=settings.writer_lease(
-                db.db(), run_id=context.run.run_id, job="ingest_enrollment_events"
+                db.db(),
+                run_id=context.run.run_id,
+                job="ingest_enrollment_events",
+                partitions=plan.partitions,
             ),
             limits=limits,
             run_id=context.run.run_id,

@@ -1,4 +1,4 @@
-"""`enrollment_events_sensor`: keep the enrollment groups caught up, one exact range per run."""
+"""`enrollment_events_sensor`: keep the enrollment groups caught up, one run per lane."""
 
 import dagster as dg
 
@@ -14,8 +14,10 @@ enrollment_events_sensor = offset_range_sensor(
     max_events=lambda settings: settings.ingest_max_events_per_run,
     max_attempts=lambda settings: settings.ingest_max_range_attempts,
     op_name="ingest_offset_range",
-    waits_for_writers=True,
-    description="Launch a micro-batch over the enrollment-events offsets not yet applied.",
+    writes_read_model=True,
+    lanes=lambda settings: settings.ingest_parallel_runs,
+    description="Launch micro-batches over the enrollment-events offsets not yet applied: up "
+    "to INGEST_PARALLEL_RUNS at once, each over its own lane of partitions.",
 )
 
 

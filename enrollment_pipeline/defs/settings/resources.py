@@ -8,6 +8,7 @@ value is checked). Secrets are not here: they reach their resources through `dg.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import timedelta
 from typing import Any
 
@@ -18,7 +19,13 @@ from enrollment_pipeline.domain.followup_rules import FollowupPolicy, parse_quie
 from enrollment_pipeline.lib.ingestion.limits import InputLimits
 from enrollment_pipeline.lib.leads.delivery import LeadDeliveryPolicy
 from enrollment_pipeline.lib.mongo.collections import Document
-from enrollment_pipeline.lib.mongo.lease import LeasePolicy, WriterLease, default_owner
+from enrollment_pipeline.lib.mongo.layout import writer_partitions
+from enrollment_pipeline.lib.mongo.lease import (
+    LeasePolicy,
+    WriterLease,
+    default_owner,
+    partition_scopes,
+)
 from enrollment_pipeline.lib.settings_errors import load
 from enrollment_pipeline.settings import PipelineSettings
 
@@ -33,6 +40,10 @@ class PipelineSettingsResource(dg.ConfigurableResource):
 
     enrollment_topic: str = _default("enrollment_topic")
     lead_topic: str = _default("lead_topic")
+    # The partition count writers without Kafka lease by until ingestion records the topic's.
+    kafka_topic_partitions: int = _default("kafka_topic_partitions")
+
+    ingest_parallel_runs: int = _default("ingest_parallel_runs")
 
     ingest_max_events_per_run: int = _default("ingest_max_events_per_run")
     ingest_max_record_bytes: int = _default("ingest_max_record_bytes")
@@ -77,10 +88,22 @@ class PipelineSettingsResource(dg.ConfigurableResource):
     def input_limits(self) -> InputLimits:
         return InputLimits.from_settings(self)
 
-    def writer_lease(self, db: Database[Document], *, run_id: str, job: str) -> WriterLease:
-        """The writers' lease a run of `job` takes (owner: the run, on this host)."""
+    def writer_lease(
+        self,
+        db: Database[Document],
+        *,
+        run_id: str,
+        job: str,
+        partitions: Iterable[int] | None = None,
+    ) -> WriterLease:
+        """The writers' lease a run of `job` takes (owner: the run, on this host): of
+        `partitions` of the enrollment topic, or of every partition (None)."""
+        if partitions is None:
+            partitions = range(writer_partitions(db, self.kafka_topic_partitions))
         return WriterLease(
             db,
+            scopes=partition_scopes(partitions),
+            run_id=run_id,
             owner=f"run {run_id} ({default_owner()})",
             description=job,
             policy=LeasePolicy.from_settings(self),

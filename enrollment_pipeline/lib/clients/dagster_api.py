@@ -7,6 +7,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 import requests
 
@@ -15,6 +16,7 @@ LAUNCH_RUN = """
 mutation($p: ExecutionParams!) {
   launchRun(executionParams: $p) {
     __typename ... on LaunchRunSuccess { run { runId } } ... on PythonError { message }
+    ... on RunConfigValidationInvalid { errors { message } } ... on InvalidSubsetError { message }
   }
 }"""
 RUN_STATUS = "query($id: ID!) { runOrError(runId: $id) { ... on Run { status } } }"
@@ -78,8 +80,19 @@ class DagsterApi:
         entries = self.graphql(LOCATIONS)["workspaceOrError"]["locationEntries"]
         return str(entries[0]["name"])
 
-    def launch_run(self, job: str, run_config: dict[str, Any]) -> str:
-        """Launch `job` with `run_config` (as the launchpad does); its run id."""
+    @classmethod
+    def from_url(cls, url: str, *, timeout_s: float = 30.0) -> DagsterApi:
+        """The webserver at `url` (http://host:port, as DAGSTER_URL gives it)."""
+        parsed = urlsplit(url)
+        if parsed.scheme != "http" or not parsed.hostname or parsed.path not in ("", "/"):
+            raise DagsterApiError(f"{url!r} is not http://host:port of a Dagster webserver")
+        return cls(parsed.port or 80, parsed.hostname, timeout_s)
+
+    def launch_run(
+        self, job: str, run_config: dict[str, Any], *, tags: dict[str, str] | None = None
+    ) -> str:
+        """Launch `job` with `run_config` and `tags` (as the launchpad does); its run id.
+        Under the queued run coordinator the run waits in the queue."""
         result = self.graphql(
             LAUNCH_RUN,
             {
@@ -90,11 +103,15 @@ class DagsterApi:
                         "jobName": job,
                     },
                     "runConfigData": run_config,
+                    "executionMetadata": {
+                        "tags": [{"key": k, "value": v} for k, v in (tags or {}).items()]
+                    },
                 }
             },
         )["launchRun"]
         if result["__typename"] != "LaunchRunSuccess":
-            raise DagsterApiError(result.get("message", result["__typename"]))
+            errors = "; ".join(e["message"] for e in result.get("errors", []))
+            raise DagsterApiError(result.get("message") or errors or result["__typename"])
         return str(result["run"]["runId"])
 
     def run_status(self, run_id: str) -> str:

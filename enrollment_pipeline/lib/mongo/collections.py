@@ -31,6 +31,8 @@ ERASED_APPLICATIONS = "erased_applications"
 # One record per erasure: when, why, who, and how many documents of each collection (no
 # personal data).
 ERASURES = "erasures"
+# The enrollment topic's partition count the writers lease by (lib/mongo/layout.py).
+PIPELINE_LAYOUT = "pipeline_layout"
 
 # The queries the pipeline makes, each backed by an index (unique where the contract says so).
 INDEXES: dict[str, list[IndexModel]] = {

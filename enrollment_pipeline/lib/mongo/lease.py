@@ -20,8 +20,10 @@ scope is its highest; the lease is free when that document is released or past i
   old, each command bounded by MONGO_TIMEOUT_MS) has ended first.
 - A dead holder's lease expires after `ttl`; a released one is free at once.
 
-Scopes are names: one for the whole read model today, one per Kafka partition when
-ingestion runs over disjoint partitions in parallel.
+Scopes are the enrollment topic's partitions (`partition_scope`): an application's documents
+belong to the partition of its key, so writers of disjoint partitions (parallel ingestion
+runs, backfill shards) never wait for each other, and a writer of everything (a rebuild, an
+unsharded backfill) takes every partition, in order.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -43,7 +45,31 @@ from pymongo.errors import DuplicateKeyError, PyMongoError
 
 from enrollment_pipeline.lib.mongo.collections import WRITER_LEASES, Document
 
-READ_MODEL_SCOPE = "read_model"
+_SCOPE_PREFIX = "read_model:p"
+
+
+def partition_scope(partition: int) -> str:
+    """The lease of the read model's documents whose application key is on `partition`."""
+    return f"{_SCOPE_PREFIX}{partition}"
+
+
+def partition_scopes(partitions: Iterable[int]) -> list[str]:
+    return [partition_scope(p) for p in sorted(set(partitions))]
+
+
+def all_partition_scopes(count: int) -> list[str]:
+    """Every partition's lease: what a writer of the whole read model takes."""
+    return partition_scopes(range(count))
+
+
+def scope_partition(scope: str) -> int | None:
+    """The partition a scope leases (None for a scope of another kind)."""
+    if not scope.startswith(_SCOPE_PREFIX):
+        return None
+    try:
+        return int(scope[len(_SCOPE_PREFIX) :])
+    except ValueError:
+        return None
 
 
 class LeaseHeldError(RuntimeError):
@@ -102,9 +128,10 @@ class WriterLease:
     """A lease over some scopes, taken in name order (two writers never deadlock)."""
 
     db: Database[Document]
-    scopes: Sequence[str] = (READ_MODEL_SCOPE,)
+    scopes: Sequence[str]
     owner: str = field(default_factory=default_owner)
     description: str = ""
+    run_id: str | None = None  # the Dagster run holding it, if any (the sensor looks for it)
     policy: LeasePolicy = field(default_factory=LeasePolicy)
     clock: Callable[[], datetime] = lambda: datetime.now(UTC)
     sleep: Callable[[float], None] = time.sleep
@@ -164,6 +191,7 @@ class WriterLease:
                             "epoch": epoch,
                             "owner": self.owner,
                             "description": self.description,
+                            "run_id": self.run_id,
                             "acquired_at": now,
                             "expires_at": now + self.policy.ttl,
                             "released_at": None,
@@ -206,15 +234,15 @@ class WriterLease:
             self._heartbeat = None
         with self._lock:
             held, self._held = self._held, []
-        now = self.clock()
-        for h in held:
-            try:
-                self.collection.update_one(
-                    {"_id": f"{h.scope}:{h.epoch}", "owner": self.owner},
-                    {"$set": {"released_at": now}},
-                )
-            except PyMongoError:
-                pass  # the server is away: the lease expires after its ttl instead
+        if not held:
+            return
+        try:
+            self.collection.update_many(
+                {"_id": {"$in": [f"{h.scope}:{h.epoch}" for h in held]}, "owner": self.owner},
+                {"$set": {"released_at": self.clock()}},
+            )
+        except PyMongoError:
+            pass  # the server is away: the leases expire after their ttl instead
 
     # -- while holding -----------------------------------------------------------------------
 
@@ -231,27 +259,32 @@ class WriterLease:
         fresh = time.monotonic() - self._checked_at < self.policy.check_interval.total_seconds()
         if fresh and all(h.expires_at - now > self.policy.ttl / 2 for h in held):
             return
-        for h in held:
-            if h.expires_at - now < self.policy.ttl * (2 / 3):
-                self._renew(h, now)
-            current = self._current(h.scope)
-            if current is None or current["epoch"] != h.epoch or current["owner"] != self.owner:
-                self.lost = (
-                    f"the {h.scope} lease was taken over by "
-                    f"{current['owner'] if current else 'nobody'} while this writer paused "
-                    "past its expiry; stopping before any further write (the rerun converges)"
-                )
-                raise LeaseLostError(self.lost)
+        due = [h for h in held if h.expires_at - now < self.policy.ttl * (2 / 3)]
+        if due:
+            self._renew(due, now)
+        # One query for every scope held: a newer epoch of any means it was taken over.
+        newer = self.collection.find_one(
+            {"$or": [{"scope": h.scope, "epoch": {"$gt": h.epoch}} for h in held]},
+            {"scope": 1, "owner": 1},
+        )
+        if newer is not None:
+            self.lost = (
+                f"the {newer['scope']} lease was taken over by {newer['owner']} while this "
+                "writer paused past its expiry; stopping before any further write (the rerun "
+                "converges)"
+            )
+            raise LeaseLostError(self.lost)
         self._checked_at = time.monotonic()
 
-    def _renew(self, held: _Held, now: datetime) -> None:
+    def _renew(self, held: list[_Held], now: datetime) -> None:
         expires_at = now + self.policy.ttl
-        self.collection.update_one(
-            {"_id": f"{held.scope}:{held.epoch}", "owner": self.owner},
+        self.collection.update_many(
+            {"_id": {"$in": [f"{h.scope}:{h.epoch}" for h in held]}, "owner": self.owner},
             {"$set": {"expires_at": expires_at}},
         )
         with self._lock:
-            held.expires_at = expires_at
+            for h in held:
+                h.expires_at = expires_at
 
     def _beat(self) -> None:
         interval = self.policy.ttl.total_seconds() / 3
@@ -260,8 +293,8 @@ class WriterLease:
                 now = self.clock()
                 with self._lock:
                     held = list(self._held)
-                for h in held:
-                    self._renew(h, now)
+                if held:
+                    self._renew(held, now)
             except Exception:  # a failed renewal shows at the next check, which fails
                 continue
 
@@ -277,20 +310,49 @@ class WriterLease:
         self.release()
 
 
-def live_holder(
-    db: Database[Document], scope: str = READ_MODEL_SCOPE, *, now: datetime | None = None
-) -> str | None:
-    """Who holds `scope` now (owner and what it does), or None when it is free."""
-    current: Document | None = db[WRITER_LEASES].find_one(
-        {"scope": scope}, sort=[("epoch", DESCENDING)]
-    )
+def live_holders(
+    db: Database[Document], scopes: Iterable[str], *, now: datetime | None = None
+) -> dict[str, Document]:
+    """The current epoch of each of `scopes` that someone holds now (not released, not
+    expired), one query."""
+    wanted = sorted(set(scopes))
     now = now or datetime.now(UTC)
-    if current is None or current.get("released_at") is not None:
-        return None
-    if _aware(current["expires_at"]) <= now:
-        return None
-    what = f" ({current['description']})" if current.get("description") else ""
-    return f"{current['owner']}{what} since {_aware(current['acquired_at']):%H:%M:%S} UTC"
+    current: dict[str, Document] = {}
+    for doc in db[WRITER_LEASES].find({"scope": {"$in": wanted}}):
+        best = current.get(doc["scope"])
+        if best is None or doc["epoch"] > best["epoch"]:
+            current[doc["scope"]] = doc
+    return {
+        scope: doc
+        for scope, doc in current.items()
+        if doc.get("released_at") is None and _aware(doc["expires_at"]) > now
+    }
+
+
+def runs_that_died(
+    db: Database[Document], run_ids: Iterable[str], *, now: datetime | None = None
+) -> set[str]:
+    """Of `run_ids`, the runs holding a lease that expired without being let go: their process
+    stopped renewing (killed, or its machine lost) in the middle of their writes."""
+    ids = sorted(set(run_ids))
+    if not ids:
+        return set()
+    now = now or datetime.now(UTC)
+    latest: dict[tuple[str, str], Document] = {}
+    for doc in db[WRITER_LEASES].find({"run_id": {"$in": ids}}):
+        key = (doc["run_id"], doc["scope"])
+        if key not in latest or doc["epoch"] > latest[key]["epoch"]:
+            latest[key] = doc
+    return {
+        run_id
+        for (run_id, _), doc in latest.items()
+        if doc.get("released_at") is None and _aware(doc["expires_at"]) <= now
+    }
+
+
+def describe_holder(doc: Document) -> str:
+    what = f" ({doc['description']})" if doc.get("description") else ""
+    return f"{doc['owner']}{what} since {_aware(doc['acquired_at']):%H:%M:%S} UTC"
 
 
 def _aware(value: datetime) -> datetime:
