@@ -115,7 +115,8 @@ def main() -> None:
     args = parser.parse_args()
     print(f"$ {' '.join([sys.executable.rsplit('/', 1)[-1], *sys.argv])}")
     uri = args.uri or MongoSettings().mongo_uri
-    print(f"insert_many (chunks of 1,000)      {insert_many_rate(uri, args.documents):>9,.0f} docs/s")
+    inserted = insert_many_rate(uri, args.documents)
+    print(f"insert_many (chunks of 1,000)      {inserted:>9,.0f} docs/s")
     for lanes in sorted({1, args.in_flight}):
         rate = update_rate(
             uri,
