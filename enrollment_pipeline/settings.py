@@ -162,6 +162,8 @@ class IngestSettings(_Settings):
     """Ingestion micro-batches (DESIGN "Delivery semantics") and what one input may be."""
 
     ingest_max_events_per_run: int = Field(default=50_000, ge=1)
+    # Ingestion runs a sensor tick plans at once, each over the partitions p % N == its lane.
+    ingest_parallel_runs: int = Field(default=1, ge=1, le=64)
     ingest_max_record_bytes: int = Field(default=1_000_000, ge=1)
     # The instants an event may carry (occurred_at, signed_at), in UTC; outside them it is a
     # schema_violation. Fixed dates, not relative to the clock: a replay decides the same.
