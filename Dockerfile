@@ -11,7 +11,9 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 WORKDIR /opt/dagster/app
 COPY pyproject.toml README.md ./
 COPY enrollment_pipeline ./enrollment_pipeline
-RUN pip install . && useradd --create-home --uid 1000 dagster
+# The k8s extra (dagster-k8s): on Kubernetes the runs run in pods of this image and load the
+# chart's instance, whose run launcher is K8sRunLauncher (deploy/helm/).
+RUN pip install ".[k8s]" && useradd --create-home --uid 1000 dagster
 
 # The production profile: PostgreSQL storage (DAGSTER_PG_URL), pools, run monitoring, retries.
 COPY deploy/dagster.yaml deploy/workspace.yaml /opt/dagster/home/

@@ -46,6 +46,7 @@ class PipelineSettingsResource(dg.ConfigurableResource):
     ingest_parallel_runs: int = _default("ingest_parallel_runs")
 
     ingest_max_events_per_run: int = _default("ingest_max_events_per_run")
+    ingest_parallel_runs: int = _default("ingest_parallel_runs")
     ingest_max_record_bytes: int = _default("ingest_max_record_bytes")
     # ISO-8601 instants (Dagster config has no datetime type).
     event_time_min: str = _default("event_time_min").isoformat()
