@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import click
 
-from enrollment_pipeline.cli.backfill import backfill
+from enrollment_pipeline.cli.backfill import backfill, rebuild
 from enrollment_pipeline.cli.errors import DEBUG_VARIABLE, Commands
 from enrollment_pipeline.cli.generate import generate
 from enrollment_pipeline.cli.inspect import explain, status
@@ -39,5 +39,16 @@ def main(debug: bool) -> None:
     """
 
 
-for command in (status, explain, stack, demo, generate, backfill, offsets, dead_letters, erase):
+for command in (
+    status,
+    explain,
+    stack,
+    demo,
+    generate,
+    backfill,
+    rebuild,
+    offsets,
+    dead_letters,
+    erase,
+):
     main.add_command(command)

@@ -136,3 +136,66 @@ def _row(run: BackfillRun) -> dict[str, object]:
         "shard": run.shard,
         "lane": run.lane,
     }
+
+
+@click.command()
+@click.option(
+    "--shards/--one-run",
+    default=True,
+    show_default=True,
+    help="One run per partition, each refolding its applications in place under that "
+    "partition's lease (live ingestion of the others goes on), or one run over every "
+    "application (a fresh collection swapped in; every partition's lease: ingestion waits).",
+)
+@click.option(
+    "--url",
+    envvar="DAGSTER_URL",
+    default="http://127.0.0.1:3000",
+    show_default=True,
+    help="The Dagster webserver (or DAGSTER_URL).",
+)
+@click.option("--dry-run", is_flag=True, help="Print the runs; queue nothing.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON document, for scripts.")
+def rebuild(shards, url, dry_run, as_json) -> None:
+    """Queue a rebuild of the read model from the event store.
+
+    Shards wait in Dagster's queue and run one after another (the pool
+    `enrollment_read_model`), each holding one partition, so a shard and the live ingestion of
+    its partition take turns and the other partitions are never held. Rebuilding twice
+    changes nothing.
+
+    Example: enrollment-pipeline rebuild --shards
+    """
+    from enrollment_pipeline.defs.offset_ranges import BACKFILL_PRIORITY, LANE_TAG, PRIORITY_TAG
+    from enrollment_pipeline.lib.clients.dagster_api import DagsterApi, DagsterApiError
+
+    check(KafkaSettings, IngestSettings)
+    shard_ids: list[int | None] = [None]
+    if shards:
+        with kafka_client() as kafka:
+            shard_ids = list(range(len(kafka.partitions(KafkaSettings().enrollment_topic))))
+    lanes = IngestSettings().ingest_parallel_runs
+    api = None if dry_run else _api(url, DagsterApi, DagsterApiError)
+    queued: list[dict[str, object]] = []
+    for shard in shard_ids:
+        tags = {PRIORITY_TAG: BACKFILL_PRIORITY}
+        if shard is not None:
+            tags[LANE_TAG] = str(shard % lanes)
+        config = {"ops": {"refold_every_application": {"config": {"shard": shard}}}}
+        run_id = None
+        if api is not None:
+            try:
+                run_id = api.launch_run("rebuild_read_model", config, tags=tags)
+            except DagsterApiError as exc:
+                raise click.ClickException(
+                    f"queued {len(queued)} of {len(shard_ids)} runs, then the webserver "
+                    f"refused: {exc}. Queueing again is safe (a rebuild twice changes nothing)"
+                ) from None
+        queued.append({"shard": shard, "lane": tags.get(LANE_TAG), "run_id": run_id})
+        if not as_json:
+            click.echo(
+                f"{'would queue' if dry_run else 'queued'} rebuild shard "
+                f"{'all' if shard is None else shard}" + (f": run {run_id}" if run_id else "")
+            )
+    if as_json:
+        print_json({"runs": queued, "dry_run": dry_run})

@@ -102,6 +102,9 @@ class Shard:
         naming no application (its dead letter) is shard 0's, so each line is one shard's."""
         return line_partition(raw, self.partitions) == self.partition
 
+    def owns_application(self, application_id: str) -> bool:
+        return partition_of(application_id, self.partitions) == self.partition
+
 
 def line_partition(raw: bytes, partitions: int) -> int:
     """The partition of the application an archive line names (its raw `application_id`, as
@@ -320,13 +323,15 @@ def rebuild_read_model(
     *,
     lease: WriterLease | None,
     application_ids: Sequence[str] | None = None,
+    shard: Shard | None = None,
     fold_group: int = 50_000,
     spill_dir: Path | None = None,
     page_size: int = 500,
 ) -> RebuildReport:
     """Refold applications from the event store, under the writers' `lease`: every one
     (`application_ids` None or `["all"]`), or only the given ones, in place (e.g. the ids the
-    check `read_model_drift` reported).
+    check `read_model_drift` reported), or those of one `shard` in place (its partition's lease
+    only: the other partitions' ingestion goes on).
 
     Every application: one streamed pass reads the event store (never one big query: FerretDB
     answers a `$group` or a `$in` over the whole store only after scanning it in Go, past
@@ -345,6 +350,8 @@ def rebuild_read_model(
         guarded = store.guarded(lease)
         if application_ids is not None and list(application_ids) != [ALL]:
             return _rebuild_ids(guarded, application_ids, page_size=page_size)
+        if shard is not None:
+            return _rebuild_ids(guarded, _applications_of(guarded, shard), page_size=page_size)
         with tempfile.TemporaryDirectory(prefix="rebuild-", dir=spill_dir) as tmp:
             return _rebuild(guarded, Spill(Path(tmp)), fold_group=fold_group)
 
@@ -378,6 +385,16 @@ def _rebuild_ids(
         report.followups_written += len(writes.new_followups) + len(writes.followup_updates)
     report.seconds = time.monotonic() - started
     return report
+
+
+def _applications_of(store: EnrollmentStore, shard: Shard) -> list[str]:
+    """The shard's applications: those of a stored event or of a document (an orphan document
+    is deleted by its refold), by streaming ids only."""
+    ids: set[str] = set()
+    for name, field_name in ((ENROLLMENT_EVENTS, "application_id"), (APPLICATIONS, "_id")):
+        cursor = store.db[name].find({}, {field_name: 1}).batch_size(_STREAM_BATCH)
+        ids.update(doc[field_name] for doc in cursor if shard.owns_application(doc[field_name]))
+    return sorted(ids)
 
 
 REBUILD_TARGET = f"{APPLICATIONS}_rebuild"

@@ -17,14 +17,19 @@ from enrollment_pipeline.defs.followups.assets import FollowupRunConfig, broker_
 from enrollment_pipeline.defs.history.assets import historic_enrollment_events_asset
 from enrollment_pipeline.defs.settings.resources import PipelineSettingsResource
 from enrollment_pipeline.domain.events import EnrollmentEvent, parse_archive_line
-from enrollment_pipeline.lib.backfill import backfill_days, rebuild_read_model
+from enrollment_pipeline.lib.backfill import Shard, backfill_days, rebuild_read_model
 from enrollment_pipeline.lib.clients.archive import Archive
 from enrollment_pipeline.lib.clients.aws import AwsConfig
 from enrollment_pipeline.lib.clients.email import SmtpEmailSender
 from enrollment_pipeline.lib.mongo.collections import APPLICATIONS, BROKER_FOLLOWUPS
-from enrollment_pipeline.lib.sample_data import synthetic_records, write_archive
+from enrollment_pipeline.lib.mongo.lease import LeasePolicy, WriterLease, holding, partition_scopes
+from enrollment_pipeline.lib.sample_data import synthetic_events, synthetic_records, write_archive
 from enrollment_pipeline_tests.jobs import as_resources
-from enrollment_pipeline_tests.pipeline import Pipeline, assert_read_model_is_the_fold
+from enrollment_pipeline_tests.pipeline import (
+    TEST_PARTITIONS,
+    Pipeline,
+    assert_read_model_is_the_fold,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -246,3 +251,46 @@ def test_a_backfill_from_a_missing_folder_fails_naming_archive_root(
     failure = result.failure_data_for_node("historic_enrollment_events").error
     assert f"ARCHIVE_ROOT {missing} does not exist" in failure.message
     assert pipeline.applications() == {}
+
+
+def test_a_sharded_rebuild_refolds_its_partition_under_its_lease_alone(pipeline: Pipeline):
+    records = list(synthetic_events(120, seed=9, start=START))
+    pipeline.produce(records)
+    pipeline.ingest()
+    before = pipeline.applications()
+    apps = pipeline.mongo.db()[APPLICATIONS]
+    apps.update_many({}, {"$set": {"status": "STALE"}})
+    shard = Shard(0, TEST_PARTITIONS)
+    # Another writer holds partition 1's lease: shard 0 does not wait for it.
+    other = WriterLease(
+        pipeline.mongo.db(),
+        scopes=partition_scopes([1]),
+        owner="live ingestion of partition 1",
+        policy=LeasePolicy(
+            ttl=timedelta(seconds=60), wait=timedelta(seconds=1), grace=timedelta(0)
+        ),
+    )
+    with holding(other):
+        report = rebuild_read_model(
+            pipeline.store,
+            lease=WriterLease(
+                pipeline.mongo.db(),
+                scopes=partition_scopes([0]),
+                owner="rebuild of shard 0",
+                policy=LeasePolicy(
+                    ttl=timedelta(seconds=60), wait=timedelta(seconds=5), grace=timedelta(0)
+                ),
+            ),
+            shard=shard,
+        )
+    after = pipeline.applications()
+    mine = {app for app in before if shard.owns_application(app)}
+    assert mine and report.applications == len(mine) and not report.swapped
+    assert {app: after[app] for app in mine} == {app: before[app] for app in mine}
+    assert all(after[app]["status"] == "STALE" for app in before if app not in mine)
+    for partition in range(1, TEST_PARTITIONS):
+        rebuild_read_model(
+            pipeline.store, lease=pipeline.lease(), shard=Shard(partition, TEST_PARTITIONS)
+        )
+    assert pipeline.applications() == before
+    assert_read_model_is_the_fold(pipeline, records)

@@ -9,7 +9,8 @@ from enrollment_pipeline.defs.datasets import APPLICATIONS, HISTORIC_EVENTS
 from enrollment_pipeline.defs.mongo.resources import MongoResource
 from enrollment_pipeline.defs.pools import READ_MODEL_POOL
 from enrollment_pipeline.defs.settings.resources import PipelineSettingsResource
-from enrollment_pipeline.lib.backfill import ALL, rebuild_read_model
+from enrollment_pipeline.lib.backfill import ALL, Shard, rebuild_read_model
+from enrollment_pipeline.lib.mongo.layout import writer_partitions
 from enrollment_pipeline.lib.mongo.store import EnrollmentStore
 
 MAX_RUNTIME_SECONDS = 6 * 3600
@@ -29,6 +30,12 @@ class RebuildConfig(dg.Config):
         description="Refold only these applications (e.g. the `drifted_ids` of the check "
         '`read_model_drift`); empty (null) or ["all"]: every application.',
     )
+    shard: int | None = Field(
+        default=None,
+        description="Refold, in place, only the applications on this partition of the "
+        "enrollment topic, under that partition's lease alone (live ingestion of the others "
+        "goes on); one run per partition rebuilds everything.",
+    )
 
 
 @dg.op(pool=READ_MODEL_POOL)
@@ -41,17 +48,25 @@ def refold_every_application(
     """Recompute `applications` and the fold-owned follow-up fields from the event store (all
     of them, or the applications of the run config)."""
     ids = config.application_ids
-    every = ids is None or ids == [ALL]
+    every = (ids is None or ids == [ALL]) and config.shard is None
     db = mongo.get_client()
     with db.explained_errors():
+        shard = _shard(config.shard, writer_partitions(db.db(), settings.kafka_topic_partitions))
+        if shard is not None and not (ids is None or ids == [ALL]):
+            raise dg.Failure(description="give application_ids or shard, not both")
+        job = "rebuild" if every else f"rebuild of {len(set(ids or []))} applications"
+        if shard is not None:
+            job = f"rebuild of shard {shard.partition}"
         report = rebuild_read_model(
             EnrollmentStore.of(db),
             lease=settings.writer_lease(
                 db.db(),
                 run_id=context.run.run_id,
-                job="rebuild" if every else f"rebuild of {len(set(ids or []))} applications",
+                job=job,
+                partitions=None if shard is None else [shard.partition],
             ),
             application_ids=ids,
+            shard=shard,
         )
     metadata: dict = {
         "applications": report.applications,
@@ -69,6 +84,8 @@ def refold_every_application(
     else:
         metadata["requested"] = report.requested
         metadata["unknown"] = len(report.unknown)
+    if shard is not None:
+        metadata["shard"] = shard.partition
     context.log_event(dg.AssetMaterialization(APPLICATIONS, metadata=metadata))
     if report.unknown:
         shown = ", ".join(report.unknown[:20]) + (" …" if len(report.unknown) > 20 else "")
@@ -79,6 +96,13 @@ def refold_every_application(
         f"rebuilt {report.applications} applications from {report.events} events: "
         f"{report.documents_created} created, {report.documents_changed} changed"
     )
+
+
+def _shard(partition: int | None, partitions: int) -> Shard | None:
+    try:
+        return None if partition is None else Shard(partition, partitions)
+    except ValueError as exc:
+        raise dg.Failure(description=str(exc)) from None
 
 
 @dg.job(
