@@ -131,8 +131,9 @@ def assert_no_two_overlapping_runs_share_a_partition(runs: list[Run]) -> None:
 def test_two_lanes_run_at_once_through_the_daemon(kafka, mongo, four_partitions, deployment):
     topic, leads = four_partitions
     env, home = deployment
-    env["INGEST_MAX_EVENTS_PER_RUN"] = "400"
-    records = list(synthetic_events(800, seed=41, start=START))
+    # Runs long enough (thousands of events) that two lanes' runs overlap in their records.
+    env["INGEST_MAX_EVENTS_PER_RUN"] = "2500"
+    records = list(synthetic_events(2_000, seed=41, start=START))
     for i in range(0, len(records), 1_000):
         kafka.produce_batch(topic, records[i : i + 1_000])
     with dagster_dev(env, home) as dev:
@@ -148,7 +149,8 @@ def test_two_lanes_run_at_once_through_the_daemon(kafka, mongo, four_partitions,
     assert all(r.lane == str(min(r.partitions) % 2) for r in runs), runs
     assert all({p % 2 for p in r.partitions} == {int(r.lane or -1)} for r in runs), runs
     overlapping = [(a, b) for i, a in enumerate(runs) for b in runs[i + 1 :] if a.overlaps(b)]
-    assert overlapping, "no two ingestion runs were in flight at once"
+    spans = [(r.lane, r.started, r.ended) for r in runs]
+    assert overlapping, f"no two ingestion runs were in flight at once: {spans}"
     assert_no_two_overlapping_runs_share_a_partition(runs)
     assert_read_model_is_the_fold(Pipeline(kafka, mongo, topic, leads), records)
 
