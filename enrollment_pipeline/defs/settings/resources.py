@@ -43,8 +43,6 @@ class PipelineSettingsResource(dg.ConfigurableResource):
     # The partition count writers without Kafka lease by until ingestion records the topic's.
     kafka_topic_partitions: int = _default("kafka_topic_partitions")
 
-    ingest_parallel_runs: int = _default("ingest_parallel_runs")
-
     ingest_max_events_per_run: int = _default("ingest_max_events_per_run")
     ingest_parallel_runs: int = _default("ingest_parallel_runs")
     ingest_max_record_bytes: int = _default("ingest_max_record_bytes")
