@@ -227,18 +227,19 @@ def test_a_crash_between_claim_and_send_never_sends_an_attempt_twice(
         if step == crash_at:
             raise RuntimeError(f"killed {step}")
 
-    with smtp(port).session() as send, pytest.raises(RuntimeError):
-        send_followups(store, send, as_of=tick(1), policy=policy, lease=None, checkpoint=crash)
-    with smtp(port).session() as send:
-        report = send_followups(store, send, as_of=tick(1), policy=policy, lease=None)
+    with pytest.raises(RuntimeError):
+        send_followups(
+            store, smtp(port), as_of=tick(1), policy=policy, lease=None, checkpoint=crash
+        )
+    report = send_followups(store, smtp(port), as_of=tick(1), policy=policy, lease=None)
 
     assert len(inbox.messages) == emails_after_rerun
     assert (report.sent, report.unknown) == ((1, 0) if attempt_status == "sent" else (0, 1))
     (attempt,) = mongo.db()[FOLLOWUP_ATTEMPTS].find()
     assert (attempt["_id"], attempt["status"]) == ("APP-1:BRK-A:1", attempt_status)
     assert followup(mongo, "APP-1")["retry_count"] == 1  # UNKNOWN counts as sent
-    with smtp(port).session() as send:  # and is never sent again at that tick
-        send_followups(store, send, as_of=tick(1), policy=policy, lease=None)
+    # and is never sent again at that tick
+    send_followups(store, smtp(port), as_of=tick(1), policy=policy, lease=None)
     assert len(inbox.messages) == emails_after_rerun
 
 
