@@ -44,6 +44,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -122,7 +123,7 @@ def send_followups(
     interleave with them (Contract 3's field ownership: the fold never undoes a PENDING it did
     not see)."""
     report = FollowupReport()
-    with Mailer(
+    mailer = Mailer(
         store,
         sender,
         concurrency=concurrency,
@@ -131,7 +132,8 @@ def send_followups(
         policy=policy,
         run_id=run_id,
         checkpoint=checkpoint,
-    ) as mailer:
+    )
+    with mailer, _PageWriter(store, lease) as pages:
         for page in store.due_pages(as_of):
             applications = store.applications([f["_id"] for f in page])
             outcomes = _PageOutcomes(report, as_of=as_of, policy=policy)
@@ -153,8 +155,8 @@ def send_followups(
                 jobs = _claimed(store, sends, outcomes, mailer.token, as_of=as_of, run_id=run_id)
                 for result in mailer.send(jobs):
                     outcomes.record(result)
-            with holding(lease):
-                store.guarded(lease).apply(outcomes.updates, outcomes.pending_apps)
+            pages.write(outcomes)
+        pages.wait()
         if ops_email and report.newly_pending and not report.sender_down:
             subject, text = pending_digest(report.newly_pending, as_of=as_of)
             try:
@@ -162,6 +164,37 @@ def send_followups(
             except EmailError as exc:
                 report.errors[f"ops digest: {exc}"] += 1
     return report
+
+
+class _PageWriter:
+    """Writes each page's follow-up outcomes under the writers' lease, on a thread of its own,
+    while the next page is claimed and sent; one page at a time, in order."""
+
+    def __init__(self, store: FollowupStore, lease: WriterLease | None) -> None:
+        self.store, self.lease = store, lease
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="followup-outcomes")
+        self._last: Future[None] | None = None
+
+    def __enter__(self) -> _PageWriter:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._pool.shutdown(wait=True)
+
+    def write(self, outcomes: _PageOutcomes) -> None:
+        """After the previous page's (raising what it raised), start this page's writes."""
+        self.wait()
+        if outcomes.updates or outcomes.pending_apps:
+            self._last = self._pool.submit(self._apply, outcomes.updates, outcomes.pending_apps)
+
+    def wait(self) -> None:
+        last, self._last = self._last, None
+        if last is not None:
+            last.result()
+
+    def _apply(self, updates: list[UpdateOne], pending_apps: list[str]) -> None:
+        with holding(self.lease):
+            self.store.guarded(self.lease).apply(updates, pending_apps)
 
 
 class _PageOutcomes:

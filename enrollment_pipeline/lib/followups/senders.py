@@ -29,6 +29,7 @@ from enrollment_pipeline.lib.clients.email import (
     InvalidAddressError,
     OutgoingEmail,
     PermanentEmailError,
+    PreparedEmail,
     TransientEmailError,
     UnknownEmailOutcome,
 )
@@ -38,6 +39,11 @@ from enrollment_pipeline.lib.mongo.followup_store import (
     set_attempt_op,
 )
 from enrollment_pipeline.lib.mongo.writes import WriteOp
+
+# Writers of the attempts' records at once: while one command runs, the next collects what
+# the senders hand over (on FerretDB each updated document is its own PostgreSQL transaction,
+# and concurrent ones share their WAL flushes).
+WRITERS = 2
 
 
 class Pacer:
@@ -86,7 +92,6 @@ class Kind(Enum):
     INVALID = "invalid"  # failed, invalid_address: nothing left
     REJECTED = "rejected"  # failed, recipient_rejected
     RELEASED = "released"  # not sent, the key kept for the next run
-    NOT_SENT = "not_sent"  # the run stopped before its send_started_at: claimed, nothing else
 
 
 @dataclass(frozen=True)
@@ -102,11 +107,14 @@ class SendResult:
         return self.kind is Kind.UNKNOWN or self.server_down
 
 
-class _Start:
-    """A sender's request to write `send_started_at` of its next message, and the answer."""
+class _Request:
+    """What a sender hands the writers: its results not handed yet, and the message it is
+    about to send (None: results only, nobody waits). Written in one command, the results
+    before the `send_started_at`, so a sender's last result is never recorded after its next
+    start."""
 
-    def __init__(self, job: Job) -> None:
-        self.job = job
+    def __init__(self, results: list[SendResult], start: Job | None) -> None:
+        self.results, self.start = results, start
         self._answered = threading.Event()
         self._go = False
 
@@ -120,45 +128,48 @@ class _Start:
         return self._go
 
 
-@dataclass(frozen=True)
-class _Done:
-    """A sender has no more to send on this page (`error`: what it raised)."""
-
-    error: BaseException | None
-
-
-_Item = SendResult | _Start | _Done
-
-
 class _Channel:
-    """From the senders to the run's thread, in order; closed when the page ends."""
+    """From the senders to the writers, in order. `take` returns None once every sender is
+    done and all was taken, or once the channel is closed."""
 
-    def __init__(self) -> None:
+    def __init__(self, senders: int) -> None:
         self._ready = threading.Condition()
-        self._items: list[_Item] = []
+        self._requests: list[_Request] = []
+        self._senders = senders
         self._closed = False
+        self.errors: list[BaseException] = []  # what senders raised that nobody foresaw
 
-    def put(self, item: _Item) -> bool:
+    def put(self, request: _Request) -> bool:
         with self._ready:
             if self._closed:
                 return False
-            self._items.append(item)
+            self._requests.append(request)
             self._ready.notify()
             return True
 
-    def take(self) -> list[_Item]:
+    def done(self, error: BaseException | None) -> None:
+        with self._ready:
+            self._senders -= 1
+            if error is not None:
+                self.errors.append(error)
+            self._ready.notify_all()
+
+    def take(self) -> list[_Request] | None:
         """Everything put since the last take (waits for one at least)."""
         with self._ready:
-            while not self._items:
+            while not self._requests and self._senders > 0 and not self._closed:
                 self._ready.wait()
-            items, self._items = self._items, []
-            return items
+            if not self._requests:
+                return None
+            requests, self._requests = self._requests, []
+            return requests
 
-    def close(self) -> list[_Item]:
+    def close(self) -> list[_Request]:
         with self._ready:
             self._closed = True
-            items, self._items = self._items, []
-            return items
+            requests, self._requests = self._requests, []
+            self._ready.notify_all()
+            return requests
 
 
 class Mailer:
@@ -189,6 +200,8 @@ class Mailer:
         self.warm = threading.Event()  # the run's first message reached the server
         self._stack = ExitStack()
         self._pool: ThreadPoolExecutor | None = None
+        self._lock = threading.Lock()
+        self._store_error: BaseException | None = None
 
     def __enter__(self) -> Mailer:
         return self
@@ -215,77 +228,66 @@ class Mailer:
         if not jobs or self.stopping.is_set():
             return []
         if self._pool is None:
-            self._pool = ThreadPoolExecutor(self.concurrency, thread_name_prefix="email")
+            self._pool = ThreadPoolExecutor(
+                self.concurrency + WRITERS - 1, thread_name_prefix="email"
+            )
         todo = deque(jobs)
-        channel = _Channel()
         workers = min(self.concurrency, len(jobs))
+        channel = _Channel(workers)
+        results: list[SendResult] = []
         futures: list[Future[None]] = [
             self._pool.submit(self._work, self.session(index), index == 0, todo, channel)
             for index in range(workers)
         ]
-        results: list[SendResult] = []
+        futures += [self._pool.submit(self._write, channel, results) for _ in range(WRITERS - 1)]
         try:
-            error = self._commit(channel, workers, results)
+            self._write(channel, results)
         except BaseException:
             # Interrupted (the run is being stopped): no message starts from here on.
             self.stopping.set()
             self.warm.set()
-            for item in channel.close():
-                if isinstance(item, _Start):
-                    item.answer(False)
+            for request in channel.close():
+                request.answer(False)
             raise
         finally:
             for future in futures:
-                future.result()  # _work raises nothing: it reports through the channel
+                future.result()
+        error = channel.errors[0] if channel.errors else self._store_error
         if error is not None:
             raise error
         return results
 
-    def _commit(
-        self, channel: _Channel, workers: int, results: list[SendResult]
-    ) -> BaseException | None:
-        """The run's side: write the senders' attempt records, many in one command, until
-        every sender is done. Returns the first error a sender or the store raised."""
-        crash: BaseException | None = None
-        store_error: BaseException | None = None
-        active = workers
-        while active:
+    def _write(self, channel: _Channel, results: list[SendResult]) -> None:
+        """A writer: the senders' attempt records, all that waits in one command, until every
+        sender is done. A store that fails stops the run: nothing more is written, no message
+        starts."""
+        while (requests := channel.take()) is not None:
             ops: list[WriteOp] = []
-            starting: list[_Start] = []
-            for item in channel.take():
-                if isinstance(item, SendResult):
-                    results.append(item)
-                    op = self._record(item)
-                    if op is not None:
-                        ops.append(op)
-                elif isinstance(item, _Start):
-                    if self.stopping.is_set():
-                        item.answer(False)
-                    else:
-                        starting.append(item)
+            starting: list[_Request] = []
+            for request in requests:
+                with self._lock:
+                    results.extend(request.results)
+                ops.extend(op for op in map(self._record, request.results) if op is not None)
+                if request.start is None:
+                    continue
+                if self.stopping.is_set() or self._store_error is not None:
+                    request.answer(False)
                 else:
-                    active -= 1
-                    if item.error is not None and crash is None:
-                        crash = item.error
-            if store_error is not None:  # write nothing more; let the senders finish
-                for start in starting:
-                    start.answer(False)
-                continue
+                    starting.append(request)
             if starting:  # after the results: a sender's result goes before its next start
-                keys = [start.job.key for start in starting]
+                keys = [request.start.key for request in starting if request.start is not None]
                 ops.append(send_started_op(keys, as_of=self.as_of, run_id=self.run_id))
             try:
-                if ops:
+                if ops and self._store_error is None:
                     self.store.write_attempts(ops)
+                go = self._store_error is None
             except BaseException as exc:  # not known to be written: those may not start
-                store_error = exc
+                with self._lock:
+                    self._store_error = self._store_error or exc
                 self.stopping.set()
-                for start in starting:
-                    start.answer(False)
-                continue
-            for start in starting:
-                start.answer(True)
-        return crash or store_error
+                go = False
+            for request in starting:
+                request.answer(go)
 
     def _record(self, result: SendResult) -> WriteOp | None:
         """The attempt's record of a result (None: nothing to write)."""
@@ -318,32 +320,50 @@ class Mailer:
     def _work(
         self, session: EmailSession, first: bool, todo: deque[Job], channel: _Channel
     ) -> None:
+        """Take jobs until none is left or the run stops; hand each result with the next
+        message's start (or alone, at the end)."""
         error: BaseException | None = None
+        pending: list[SendResult] = []
         try:
             if not first:
-                self.warm.wait()
+                self.warm.wait()  # the run's first message goes alone
             while not self.stopping.is_set():
                 try:
                     job = todo.popleft()
                 except IndexError:
                     break
-                result = self._one(session, job, channel)
+                self.checkpoint("after_claim")
+                prepared = self._prepare(session, job)
+                if isinstance(prepared, SendResult):  # not sent: nothing left
+                    pending.append(prepared)
+                    if prepared.stops:
+                        self.stopping.set()  # before anyone else asks to start
+                    if prepared.kind is not Kind.INVALID:
+                        self.warm.set()
+                    continue
+                self.pacer.wait()
+                request, pending = _Request(pending, job), []
+                if self.stopping.is_set() or not channel.put(request) or not request.wait():
+                    break  # not started: it stays claimed, for the next run
+                self.checkpoint("after_send_started")
+                result = self._deliver(session, job, prepared)
                 if result.stops:
-                    self.stopping.set()  # before anyone else asks to start
-                if result.kind is not Kind.INVALID:
-                    self.warm.set()
-                channel.put(result)
+                    self.stopping.set()
+                self.warm.set()
+                self.checkpoint("after_send")
+                pending.append(result)
         except BaseException as exc:  # a crash: reported, the others stop
             self.stopping.set()
             error = exc
         finally:
+            if pending:
+                channel.put(_Request(pending, None))
             if first:
                 self.warm.set()
-            channel.put(_Done(error))
+            channel.done(error)
 
-    def _one(self, session: EmailSession, job: Job, channel: _Channel) -> SendResult:
-        """One attempt: prepare → send_started_at (by the run's thread) → deliver."""
-        self.checkpoint("after_claim")
+    def _prepare(self, session: EmailSession, job: Job) -> PreparedEmail | SendResult:
+        """The message, built and checked; or why it cannot go (nothing has left)."""
         email = followup_email(
             job.followup,
             job.application,
@@ -353,17 +373,14 @@ class Mailer:
         outgoing = OutgoingEmail(
             email.to, email.subject, email.text, html=email.html, to_name=email.to_name
         )
-        try:  # nothing has left yet: whatever fails here was not sent
-            prepared = session.prepare(outgoing)
+        try:
+            return session.prepare(outgoing)
         except InvalidAddressError as exc:
             return SendResult(job, Kind.INVALID, str(exc))
         except TransientEmailError as exc:
             return SendResult(job, Kind.RELEASED, str(exc), server_down=exc.server_down)
-        self.pacer.wait()
-        start = _Start(job)
-        if self.stopping.is_set() or not channel.put(start) or not start.wait():
-            return SendResult(job, Kind.NOT_SENT)
-        self.checkpoint("after_send_started")
+
+    def _deliver(self, session: EmailSession, job: Job, prepared: PreparedEmail) -> SendResult:
         try:
             message_id = session.deliver(prepared)
         except UnknownEmailOutcome as exc:
@@ -375,5 +392,4 @@ class Mailer:
             return SendResult(job, Kind.REJECTED, str(exc))
         except TransientEmailError as exc:
             return SendResult(job, Kind.RELEASED, str(exc), server_down=exc.server_down)
-        self.checkpoint("after_send")
         return SendResult(job, Kind.SENT, message_id=message_id)
