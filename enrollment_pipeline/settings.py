@@ -214,6 +214,9 @@ class FollowupSettings(_Settings):
     followup_schedule_timezone: str = "UTC"
     ops_email: str | None = None
     email_max_per_second: float = Field(default=10.0, gt=0)
+    # Sends in flight at once: SMTP connections (or SES calls), paced together by
+    # EMAIL_MAX_PER_SECOND. They hold no MongoDB connection (lib/followups/run.py).
+    email_concurrency: int = Field(default=4, ge=1, le=32)
 
     @field_validator("followup_quiet_hours")
     @classmethod

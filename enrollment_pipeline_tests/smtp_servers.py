@@ -3,24 +3,68 @@
 from __future__ import annotations
 
 import email
+import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from email import policy as email_policy
 from email.utils import parsedate_to_datetime
 
 from aiosmtpd.controller import Controller
-from aiosmtpd.smtp import AuthResult, LoginPassword
+from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword
 
 from enrollment_pipeline_tests.conftest import Inbox, free_ports
+
+
+class CountingInbox(Inbox):
+    """Also counts the client connections open at once (aiosmtpd sessions; the controller's
+    own check when it starts is one) and keeps when each message arrived."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.arrivals: list[float] = []  # time.monotonic() of each message
+        self.open = 0
+        self.most_open = 0
+        self._lock = threading.Lock()
+
+    def opened(self) -> None:
+        with self._lock:
+            self.open += 1
+            self.most_open = max(self.most_open, self.open)
+
+    def closed(self) -> None:
+        with self._lock:
+            self.open -= 1
+
+    async def handle_DATA(self, server, session, envelope):
+        self.arrivals.append(time.monotonic())
+        return await super().handle_DATA(server, session, envelope)
+
+
+class _CountingSMTP(SMTP):
+    def connection_made(self, transport) -> None:
+        super().connection_made(transport)
+        self.event_handler.opened()
+
+    def connection_lost(self, error) -> None:
+        self.event_handler.closed()
+        super().connection_lost(error)
+
+
+class _CountingController(Controller):
+    def factory(self) -> SMTP:
+        return _CountingSMTP(self.handler, **self.SMTP_kwargs)
 
 
 @contextmanager
 def smtp_server(inbox: Inbox | None = None, **smtp_params) -> Iterator[tuple[Inbox, int]]:
     """`inbox` (an aiosmtpd handler) served on a free loopback port; `smtp_params` go to
-    aiosmtpd's SMTP (e.g. `enable_SMTPUTF8=True`, `authenticator=...`)."""
+    aiosmtpd's SMTP (e.g. `enable_SMTPUTF8=True`, `authenticator=...`). A `CountingInbox`
+    is told of each connection opened and closed."""
     inbox = inbox or Inbox()
     (port,) = free_ports(1)
-    controller = Controller(inbox, hostname="127.0.0.1", port=port, **smtp_params)
+    controller_class = _CountingController if isinstance(inbox, CountingInbox) else Controller
+    controller = controller_class(inbox, hostname="127.0.0.1", port=port, **smtp_params)
     controller.start()
     try:
         yield inbox, port

@@ -7,6 +7,9 @@ the way the hourly schedule passes its ticks.
 from __future__ import annotations
 
 import email
+import threading
+import time
+from collections import Counter
 from datetime import UTC, datetime, timedelta
 from email import policy as email_policy
 
@@ -35,6 +38,7 @@ from enrollment_pipeline_tests import factories as f
 from enrollment_pipeline_tests.conftest import Inbox, free_ports
 from enrollment_pipeline_tests.jobs import as_resources
 from enrollment_pipeline_tests.smtp_servers import (
+    CountingInbox,
     DroppingInbox,
     SenderRefusingInbox,
     password_checker,
@@ -227,19 +231,129 @@ def test_a_crash_between_claim_and_send_never_sends_an_attempt_twice(
         if step == crash_at:
             raise RuntimeError(f"killed {step}")
 
-    with smtp(port).session() as send, pytest.raises(RuntimeError):
-        send_followups(store, send, as_of=tick(1), policy=policy, lease=None, checkpoint=crash)
-    with smtp(port).session() as send:
-        report = send_followups(store, send, as_of=tick(1), policy=policy, lease=None)
+    with pytest.raises(RuntimeError):
+        send_followups(
+            store, smtp(port), as_of=tick(1), policy=policy, lease=None, checkpoint=crash
+        )
+    report = send_followups(store, smtp(port), as_of=tick(1), policy=policy, lease=None)
 
     assert len(inbox.messages) == emails_after_rerun
     assert (report.sent, report.unknown) == ((1, 0) if attempt_status == "sent" else (0, 1))
     (attempt,) = mongo.db()[FOLLOWUP_ATTEMPTS].find()
     assert (attempt["_id"], attempt["status"]) == ("APP-1:BRK-A:1", attempt_status)
     assert followup(mongo, "APP-1")["retry_count"] == 1  # UNKNOWN counts as sent
-    with smtp(port).session() as send:  # and is never sent again at that tick
-        send_followups(store, send, as_of=tick(1), policy=policy, lease=None)
+    # and is never sent again at that tick
+    send_followups(store, smtp(port), as_of=tick(1), policy=policy, lease=None)
     assert len(inbox.messages) == emails_after_rerun
+
+
+def ingest_brokers(mongo: MongoConnection, count: int) -> dict[str, str]:
+    """`count` applications, each with its own broker; returns each one's broker address."""
+    addresses = {f"APP-{n:03d}": f"broker-{n:03d}@brokers.example" for n in range(count)}
+    ingest(
+        mongo,
+        *(
+            f.submitted(app, 0, broker=broker(n, address))
+            for n, (app, address) in enumerate(addresses.items())
+        ),
+    )
+    return addresses
+
+
+def test_a_crash_in_the_middle_of_a_page_leaves_at_most_concurrency_unknown(mongo, smtp_server):
+    inbox, port = smtp_server
+    addresses = ingest_brokers(mongo, 40)
+    store = FollowupStore.of(mongo)
+    policy = PipelineSettingsResource().followup_policy()
+    concurrency, crash_after = 4, 12
+    sends, lock = [0], threading.Lock()
+
+    def crash(step: str) -> None:
+        # After the 12th message went out, the process is gone: no sender records anything
+        # more, whichever step it is at (the messages in flight were sent, or not).
+        with lock:
+            sends[0] += step == "after_send"
+            if sends[0] >= crash_after:
+                raise RuntimeError(f"killed {step}")
+
+    with pytest.raises(RuntimeError):
+        send_followups(
+            store,
+            smtp(port),
+            as_of=tick(1),
+            policy=policy,
+            lease=None,
+            concurrency=concurrency,
+            max_per_second=1000,
+            checkpoint=crash,
+        )
+    before_rerun = len(inbox.messages)
+    assert crash_after <= before_rerun <= crash_after + concurrency - 1
+    rerun = send_followups(
+        store,
+        smtp(port),
+        as_of=tick(1),
+        policy=policy,
+        lease=None,
+        concurrency=concurrency,
+        max_per_second=1000,
+    )
+
+    attempts = {a["_id"]: a for a in mongo.db()[FOLLOWUP_ATTEMPTS].find()}
+    unknown = [key for key, a in attempts.items() if a["status"] == "unknown"]
+    assert 1 <= len(unknown) <= concurrency  # only what was in flight, never the page
+    assert rerun.unknown == len(unknown) and rerun.sent + rerun.unknown == len(addresses)
+    assert sorted(a["status"] for a in attempts.values()) == sorted(
+        ["sent"] * (len(addresses) - len(unknown)) + ["unknown"] * len(unknown)
+    )
+    # No broker got an attempt twice; every one not left UNKNOWN got it exactly once.
+    received = Counter(rcpt for _, rcpts, _ in inbox.messages for rcpt in rcpts)
+    assert max(received.values()) == 1
+    unknown_apps = {attempts[key]["app_id"] for key in unknown}
+    for app, address in addresses.items():
+        if app not in unknown_apps:
+            assert received[address] == 1, app
+        assert followup(mongo, app)["retry_count"] == 1  # UNKNOWN counts as sent
+    send_followups(store, smtp(port), as_of=tick(1), policy=policy, lease=None, concurrency=4)
+    assert len(inbox.messages) == sum(received.values())  # nothing again at that tick
+
+
+def test_four_senders_use_four_connections_and_send_every_email_once(mongo):
+    addresses = ingest_brokers(mongo, 40)
+    settings = PipelineSettingsResource(email_concurrency=4, email_max_per_second=1000)
+    with smtp_server(CountingInbox()) as (inbox, port):
+        result = run_tick(mongo, smtp(port), tick(1), settings=settings)
+    assert isinstance(inbox, CountingInbox)
+    assert inbox.most_open == 4  # aiosmtpd sessions at once
+    assert len(set(inbox.peers)) == 4  # the messages came over four connections
+    assert recipients(inbox) == sorted(addresses.values())  # every email, once
+    assert metadata_of(result)["sent"] == 40
+    attempts = list(mongo.db()[FOLLOWUP_ATTEMPTS].find())
+    assert len(attempts) == 40 and {a["status"] for a in attempts} == {"sent"}
+    assert all(a["send_started_at"] and a["message_id"] for a in attempts)
+
+
+def test_the_pace_holds_for_all_senders_together(mongo):
+    ingest_brokers(mongo, 40)
+    policy = PipelineSettingsResource().followup_policy()
+    with smtp_server(CountingInbox()) as (inbox, port):
+        started = time.monotonic()
+        report = send_followups(
+            FollowupStore.of(mongo),
+            smtp(port),
+            as_of=tick(1),
+            policy=policy,
+            lease=None,
+            concurrency=4,
+            max_per_second=20,
+        )
+        seconds = time.monotonic() - started
+    assert isinstance(inbox, CountingInbox)
+    assert report.sent == len(inbox.messages) == 40 and inbox.most_open == 4
+    # 40 sends at 20 a second: 39 gaps of 50 ms from the first to the last (the arrivals
+    # differ from the paced instants by each message's own latency).
+    assert seconds >= 1.9
+    assert inbox.arrivals[-1] - inbox.arrivals[0] >= 1.8
 
 
 def test_smtp_down_for_a_tick_counts_nothing_and_the_next_tick_sends_all(mongo, smtp_server):

@@ -74,14 +74,13 @@ def scenario(pipeline: Pipeline, local_crm, smtp_server):
     local_crm.fail_next(1, 503)
     assert deliver(pipeline, local_crm.url).parked == 1
     sender = SmtpEmailSender(host="127.0.0.1", port=port, sender="f@example.com", timeout_s=5)
-    with sender.session() as session:
-        report = send_followups(
-            FollowupStore.of(pipeline.mongo),
-            session,
-            as_of=f.T0 + timedelta(days=31),
-            policy=FollowupPolicy(),
-            lease=short_lease(pipeline.mongo),
-        )
+    report = send_followups(
+        FollowupStore.of(pipeline.mongo),
+        sender,
+        as_of=f.T0 + timedelta(days=31),
+        policy=FollowupPolicy(),
+        lease=short_lease(pipeline.mongo),
+    )
     assert report.expired == 1
     return pipeline
 

@@ -57,13 +57,14 @@ def broker_followup_emails(
     as_of = config.instant()
     db = mongo.get_client()
     store = FollowupStore.of(db)
-    with db.explained_errors(), email.get_client().session() as session:
+    with db.explained_errors():
         report = send_followups(
             store,
-            session,
+            email.get_client(),
             as_of=as_of,
             policy=settings.followup_policy(),
             max_per_second=settings.email_max_per_second,
+            concurrency=settings.email_concurrency,
             lease=settings.writer_lease(
                 db.db(), run_id=context.run.run_id, job="send_broker_followups"
             ),

@@ -73,6 +73,7 @@ class PipelineSettingsResource(dg.ConfigurableResource):
     followup_max_age_days: int = _default("followup_max_age_days")
     followup_quiet_hours: str | None = _default("followup_quiet_hours")
     email_max_per_second: float = _default("email_max_per_second")
+    email_concurrency: int = _default("email_concurrency")
     ops_email: str | None = _default("ops_email")
 
     @classmethod

@@ -1,8 +1,11 @@
 """The email job's reads and writes: due follow-ups in pages, attempt claims, outcomes.
 
-The attempt claim is an `insert_one` of the attempt key into `followup_attempts`: a unique
-`_id` is atomic on MongoDB and FerretDB alike. Outcomes are written to the follow-up with a
-guard on `attempt_count`, so applying one twice (a rerun after a crash) changes nothing.
+A page's attempts are claimed by one unordered `insert_many` of their keys into
+`followup_attempts`: a unique `_id` is atomic per document on MongoDB and FerretDB alike, so a
+duplicate is an earlier claim, read back with one `$in`. The attempts' own records
+(`send_started_at`, then the result) go in bulk through the `BoundedWriter`. Outcomes are
+written to the follow-up with a guard on `attempt_count`, so applying one twice (a rerun after
+a crash) changes nothing.
 """
 
 from __future__ import annotations
@@ -12,9 +15,9 @@ from collections.abc import Iterator, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-from pymongo import ASCENDING, UpdateOne
+from pymongo import ASCENDING, UpdateMany, UpdateOne
 from pymongo.database import Database
-from pymongo.errors import DuplicateKeyError
+from pymongo.errors import BulkWriteError
 
 from enrollment_pipeline.domain.followup_queue import AWAITING, OPEN_STATUSES, PENDING
 from enrollment_pipeline.lib.clients.mongo import MongoConnection
@@ -25,7 +28,13 @@ from enrollment_pipeline.lib.mongo.collections import (
     Document,
 )
 from enrollment_pipeline.lib.mongo.lease import WriterLease
-from enrollment_pipeline.lib.mongo.writes import BoundedWriter
+from enrollment_pipeline.lib.mongo.writes import (
+    DUPLICATE_KEY,
+    BoundedWriter,
+    WriteOp,
+    chunks,
+    in_chunks,
+)
 
 PAGE_SIZE = 500
 
@@ -87,19 +96,35 @@ class FollowupStore:
 
     # -- attempts ----------------------------------------------------------------------------
 
-    def claim(self, key: str, fields: Mapping[str, Any]) -> Document | None:
-        """Claim an attempt; None when claimed now, else the attempt as recorded before."""
-        try:
-            self.db[FOLLOWUP_ATTEMPTS].insert_one({"_id": key, "status": "claimed", **fields})
-            return None
-        except DuplicateKeyError:
-            return self.db[FOLLOWUP_ATTEMPTS].find_one({"_id": key})
+    def claim_many(self, claims: Sequence[Mapping[str, Any]], *, token: str) -> dict[str, Document]:
+        """Claim attempts (each mapping has its key as `_id`) with unordered inserts; returns
+        the attempts claimed before, as recorded, by key. `token` is this run's own: a key
+        that exists with another token was claimed earlier (a duplicate, code 11000)."""
+        docs = [{**claim, "status": "claimed", "claimed_by": token} for claim in claims]
+        collection = self.db[FOLLOWUP_ATTEMPTS]
+        duplicates = False
+        for chunk in chunks(docs, self.writer.inserts_per_command):
+            self.writer.guard()
+            try:
+                collection.insert_many(list(chunk), ordered=False)
+            except BulkWriteError as exc:
+                errors = exc.details.get("writeErrors", [])
+                if any(error.get("code") != DUPLICATE_KEY for error in errors):
+                    raise
+                duplicates = duplicates or bool(errors)
+        if not duplicates:
+            return {}
+        earlier: dict[str, Document] = {}
+        for ids in in_chunks(str(doc["_id"]) for doc in docs):
+            for doc in collection.find({"_id": {"$in": ids}}):
+                if doc.get("claimed_by") != token:
+                    earlier[doc["_id"]] = doc
+        return earlier
 
-    def set_attempt(self, key: str, fields: Mapping[str, Any], unset: Sequence[str] = ()) -> None:
-        update: dict[str, Any] = {"$set": dict(fields)}
-        if unset:
-            update["$unset"] = dict.fromkeys(unset, "")
-        self.db[FOLLOWUP_ATTEMPTS].update_one({"_id": key}, update)
+    def write_attempts(self, ops: Sequence[WriteOp]) -> None:
+        """Attempt records in bounded commands, in the order given (a command's statements
+        go together: a result before the next `send_started_at` of the same sender)."""
+        self.writer.bulk_write(self.db[FOLLOWUP_ATTEMPTS], ops)
 
     # -- outcomes ----------------------------------------------------------------------------
 
@@ -130,6 +155,25 @@ class FollowupStore:
                 for app_id in now_pending
             ],
         )
+
+
+def attempt_update(fields: Mapping[str, Any], unset: Sequence[str] = ()) -> dict[str, Any]:
+    update: dict[str, Any] = {"$set": dict(fields)}
+    if unset:
+        update["$unset"] = dict.fromkeys(unset, "")
+    return update
+
+
+def set_attempt_op(key: str, fields: Mapping[str, Any], unset: Sequence[str] = ()) -> UpdateOne:
+    """One attempt's record, as a statement of a bulk write."""
+    return UpdateOne({"_id": key}, attempt_update(fields, unset))
+
+
+def send_started_op(keys: Sequence[str], *, as_of: datetime, run_id: str | None) -> UpdateMany:
+    """`send_started_at` of the attempts about to go out, as one statement."""
+    return UpdateMany(
+        {"_id": {"$in": list(keys)}}, {"$set": {"send_started_at": as_of, "run_id": run_id}}
+    )
 
 
 def _same_cycle(followup: Mapping[str, Any]) -> dict[str, Any]:
