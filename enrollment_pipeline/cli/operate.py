@@ -211,7 +211,8 @@ def offsets_accept_partitions(yes) -> None:
     settings = KafkaSettings()
     store = enrollment_store()
     with kafka_client() as kafka:
-        count = len(kafka.partitions(settings.enrollment_topic))
+        ends = kafka.end_offsets(settings.enrollment_topic)
+    count = len(ends)
     recorded = recorded_layout(store.db)
     if recorded is not None and recorded.partitions == count:
         click.echo(f"{settings.enrollment_topic}: {count} partitions, as recorded; nothing to do")
@@ -222,8 +223,17 @@ def offsets_accept_partitions(yes) -> None:
         click.confirm("Record the new count (waits for every writer)?", abort=True)
     widest = max(count, recorded.partitions if recorded else 0)
     with _cli_lease(store, "offsets accept-partitions", partitions=widest):
-        accept_layout(store.db, settings.enrollment_topic, count)
-    click.echo(f"recorded {count} partitions; ingestion resumes at the next tick")
+        old = recorded.partitions if recorded else count
+        accept_layout(
+            store.db,
+            settings.enrollment_topic,
+            count,
+            drain_until={p: end for p, end in ends.items() if p < old},
+        )
+    click.echo(
+        f"recorded {count} partitions; ingestion resumes at the next tick, as one lane until "
+        "the records of before the change are applied"
+    )
 
 
 def _who() -> str:

@@ -201,10 +201,11 @@ def offset_range_sensor(
         db = mongo.get_client()
         in_flight = runs_in_flight(context.instance, job.name)
         held: dict[int, str] = {}
+        layout = None
         with db.explained_errors():
             if writes_read_model:
                 try:
-                    check_layout(db.db(), topic_name, len(ends))
+                    layout = check_layout(db.db(), topic_name, len(ends))
                 except PartitionCountChangedError as exc:
                     context.log.error(str(exc))
                     return dg.SkipReason(str(exc))
@@ -232,7 +233,9 @@ def offset_range_sensor(
             ends=ends,
             busy=busy | set(held),
             max_events=max_events(settings),
-            lanes=lanes(settings),
+            # Just after a change of partition count an application may have records on an
+            # old and a new partition: one lane until the old records are applied.
+            lanes=1 if layout is not None and layout.draining(committed) else lanes(settings),
             failures=failures_by_partition(
                 context.instance, job.name, topic_name, committed, lagging
             ),

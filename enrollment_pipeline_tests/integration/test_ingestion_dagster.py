@@ -239,3 +239,51 @@ def test_a_tick_with_kafka_or_mongo_down_names_the_setting_to_fix(instance, kafk
         tick(instance, kafka, no_mongo, settings)
     assert isinstance(raised.value.__cause__, MongoUnavailableError)
     assert "check MONGO_URI" in str(raised.value.__cause__)
+
+
+def test_a_new_partition_stops_ingestion_until_accepted_then_one_lane_drains_the_old_records(
+    instance, kafka, mongo, topic, services, monkeypatch
+):
+    from click.testing import CliRunner
+    from kafka.admin import KafkaAdminClient, NewPartitions
+
+    from enrollment_pipeline.cli import main
+
+    two_lanes = PipelineSettingsResource(enrollment_topic=topic, ingest_parallel_runs=2)
+    produce_apps(kafka, topic, 30)
+    for request in tick(instance, kafka, mongo, two_lanes).run_requests:
+        assert run(instance, kafka, mongo, two_lanes, request).success
+    admin = KafkaAdminClient(
+        bootstrap_servers=services.kafka_bootstrap_servers, request_timeout_ms=10_000
+    )
+    admin.create_partitions({topic: NewPartitions(total_count=4)})
+    admin.close()
+    kafka.produce_batch(
+        topic, [f.record(f.submitted(f"APP-N{i:03d}", i)) for i in range(30)]
+    )  # keys spread over four partitions now
+
+    refused = tick(instance, kafka, mongo, two_lanes)
+    assert isinstance(refused, dg.SkipReason)
+    assert "has 4 partitions, but this deployment's writers use 3" in refused.skip_message
+    assert "offsets accept-partitions" in refused.skip_message
+
+    for name, value in {
+        "KAFKA_BOOTSTRAP_SERVERS": services.kafka_bootstrap_servers,
+        "MONGO_URI": services.mongo_uri,
+        "MONGO_DATABASE": mongo.database,
+        "ENROLLMENT_TOPIC": topic,
+    }.items():
+        monkeypatch.setenv(name, value)
+    accepted = CliRunner().invoke(main, ["offsets", "accept-partitions", "--yes"])
+    assert accepted.exit_code == 0, accepted.output
+    assert "recorded 4 partitions" in accepted.output
+
+    (draining,) = tick(instance, kafka, mongo, two_lanes).run_requests  # one lane: all four
+    assert draining.tags[PARTITIONS_TAG] == "0,1,2,3"
+    assert run(instance, kafka, mongo, two_lanes, draining).success
+    kafka.produce_batch(topic, [f.record(f.submitted(f"APP-M{i:03d}", i)) for i in range(30)])
+    lanes = tick(instance, kafka, mongo, two_lanes).run_requests  # drained: two lanes again
+    assert sorted(r.tags[LANE_TAG] for r in lanes) == ["0", "1"]
+    for request in lanes:
+        assert run(instance, kafka, mongo, two_lanes, request).success
+    assert mongo.db()[APPLICATIONS].count_documents({}) == 90
