@@ -17,7 +17,12 @@ from enrollment_pipeline.lib.backfill import Shard, backfill_days
 from enrollment_pipeline.lib.clients.archive import ArchiveMissingError
 from enrollment_pipeline.lib.clients.kafka import KafkaUnavailableError
 from enrollment_pipeline.lib.clients.mongo import MongoConnection
-from enrollment_pipeline.lib.mongo.layout import check_layout, writer_partitions
+from enrollment_pipeline.lib.consumer_groups import READ_MODEL_GROUP
+from enrollment_pipeline.lib.mongo.layout import (
+    PartitionCountChangedError,
+    check_layout,
+    writer_partitions,
+)
 from enrollment_pipeline.lib.mongo.store import EnrollmentStore
 from enrollment_pipeline.lib.settings_errors import load
 from enrollment_pipeline.settings import ArchiveSettings
@@ -93,7 +98,9 @@ def historic_enrollment_events_asset(partitions: dg.DailyPartitionsDefinition):
         except ArchiveMissingError as exc:
             raise dg.Failure(description=str(exc)) from None
         limits = settings.input_limits()
-        partitions = _partition_count(context, kafka, db, settings)
+        partitions = _partition_count(
+            context, kafka, db, settings, sharded=config.shard is not None
+        )
         try:
             shard = None if config.shard is None else Shard(config.shard, partitions)
         except ValueError as exc:
@@ -147,9 +154,12 @@ def _partition_count(
     kafka: KafkaResource,
     db: MongoConnection,
     settings: PipelineSettingsResource,
+    *,
+    sharded: bool,
 ) -> int:
     """The enrollment topic's partition count, checked against the one the writers use. A
-    backfill needs no Kafka otherwise: without it (no topic yet), the writers' count."""
+    backfill needs no Kafka otherwise: without it (no topic yet), the writers' count. A shard
+    refuses while a change of count drains (an application may be on two partitions)."""
     try:
         count = len(kafka.get_client().partitions(settings.enrollment_topic))
     except KafkaUnavailableError as exc:
@@ -158,7 +168,19 @@ def _partition_count(
         context.log.warning(f"{exc}; leasing and sharding by {count} partitions")
         return count
     with db.explained_errors():
-        check_layout(db.db(), settings.enrollment_topic, count)
+        try:
+            layout = check_layout(db.db(), settings.enrollment_topic, count)
+        except PartitionCountChangedError as exc:
+            raise dg.Failure(description=str(exc)) from None
+        committed = EnrollmentStore.of(db).committed_offsets(
+            READ_MODEL_GROUP, settings.enrollment_topic
+        )
+    if sharded and layout.draining(committed):
+        raise dg.Failure(
+            description="the enrollment topic's partition count changed and ingestion is still "
+            "applying the records of before the change: run the sharded backfill once it "
+            "caught up (`enrollment-pipeline offsets show`), or backfill as one run"
+        )
     return count
 
 

@@ -32,7 +32,7 @@ from enrollment_pipeline.defs.offset_ranges import OffsetRangeConfig, range_meta
 from enrollment_pipeline.defs.settings.resources import PipelineSettingsResource
 from enrollment_pipeline.lib.ingestion.batch import BatchReport
 from enrollment_pipeline.lib.ingestion.run import ingest_range
-from enrollment_pipeline.lib.mongo.layout import check_layout
+from enrollment_pipeline.lib.mongo.layout import PartitionCountChangedError, check_layout
 from enrollment_pipeline.lib.mongo.store import EnrollmentStore
 
 enrollment_events_topic = dg.AssetSpec(
@@ -75,7 +75,10 @@ def ingest_offset_range(
     client = kafka.get_client()
     with db.explained_errors():  # a stalled server fails the run; the sensor retries
         # Leases are per partition: only while every writer counts partitions alike.
-        check_layout(db.db(), plan.topic, len(client.partitions(plan.topic)))
+        try:
+            check_layout(db.db(), plan.topic, len(client.partitions(plan.topic)))
+        except PartitionCountChangedError as exc:
+            raise dg.Failure(description=str(exc)) from None
         result = ingest_range(
             client,
             EnrollmentStore.of(db, max_raw_bytes=limits.max_raw_bytes),
