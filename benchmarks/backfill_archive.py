@@ -149,8 +149,12 @@ def backfill(
 
 
 def make_stale(mongo: MongoConnection) -> int:
-    """A projection change, as the rebuild meets it: every document differs from the fold."""
-    return mongo.db()[APPLICATIONS].update_many({}, {"$set": {"status": "STALE"}}).modified_count
+    """A projection change, as the rebuild meets it: every document differs from the fold.
+    One `update_many` over every document is a single command that FerretDB may take longer
+    than MONGO_TIMEOUT_MS to answer, so this client waits as long as it takes."""
+    with MongoClient(mongo.config.uri, socketTimeoutMS=3_600_000) as client:
+        stale = client[mongo.database][APPLICATIONS].update_many({}, {"$set": {"status": "STALE"}})
+        return stale.modified_count
 
 
 def rebuild(mongo: MongoConnection) -> tuple[RebuildReport, float, float]:
