@@ -114,7 +114,7 @@ def measure(events: int, every: float, *, ui_timeout: float = 180) -> Freshness:
         stderr=subprocess.DEVNULL,
         start_new_session=True,
     )
-    db = mongo.db()[database]
+    db = mongo.client()[database]
     try:
         DagsterApi(port).wait_until_up(ui_timeout, alive=lambda: dev.poll() is None)
 
