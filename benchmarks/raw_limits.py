@@ -2,6 +2,8 @@
 
   insert_many   documents/s of `insert_many` in chunks of 1,000 application-like documents
                 (~1 KB) into a fresh collection: what a backfill's and a rebuild's writes cost
+  find          documents/s of one streamed `find` over a collection of them (batches of 1,000):
+                what a rebuild's read of the event store costs
   UpdateOne     statements/s of `bulk_write` of `UpdateOne({_id}, {$set})` on existing
                 documents, in commands of `--per-command` statements, with 1 command at a time
                 and with `--in-flight` commands at once (threads, one connection each): what
@@ -66,6 +68,20 @@ def insert_many_rate(uri: str, documents: int = 20_000, seed: int = 7) -> float:
             client.drop_database(database)
 
 
+def find_rate(uri: str, documents: int = 20_000, seed: int = 7) -> float:
+    """Documents/s of one streamed `find({})` over `documents` application-like documents."""
+    database = f"raw_{uuid.uuid4().hex[:8]}"
+    with _client(uri) as client:
+        try:
+            collection = client[database]["documents"]
+            _load(collection, documents, seed)
+            started = time.perf_counter()
+            read = sum(1 for _ in collection.find({}).batch_size(1_000))
+            return read / (time.perf_counter() - started)
+        finally:
+            client.drop_database(database)
+
+
 def update_rate(
     uri: str,
     *,
@@ -117,6 +133,7 @@ def main() -> None:
     uri = args.uri or MongoSettings().mongo_uri
     inserts = insert_many_rate(uri, args.documents)
     print(f"insert_many (chunks of 1,000)      {inserts:>9,.0f} docs/s")
+    print(f"find, streamed (batches of 1,000)  {find_rate(uri, args.documents):>9,.0f} docs/s")
     for lanes in sorted({1, args.in_flight}):
         rate = update_rate(
             uri,
