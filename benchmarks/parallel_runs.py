@@ -57,8 +57,8 @@ def _kind(pid: str) -> str | None:
         return "mongodb/ferretdb"
     if cmd.startswith("postgres") or "/postgres " in cmd:
         return "postgresql"
-    if "execute_run" in cmd:
-        return "dagster run processes"
+    if "execute_run" in cmd or "multiprocessing.spawn" in cmd:
+        return "dagster run processes"  # the code server spawns each run's process
     if "dagster" in cmd:
         return "dagster webserver/daemon/code server"
     return None
@@ -130,12 +130,19 @@ class Lanes:
         ]
 
 
-def _runs(home: Path) -> list[tuple[float, float]]:
+def _runs(home: Path, topic: str) -> list[tuple[float, float]]:
+    """(start, end) of this measure's ingestion runs (the run storage is shared: PostgreSQL)."""
     import dagster as dg
+
+    from enrollment_pipeline.defs.offset_ranges import RANGE_TAG
 
     with dg.DagsterInstance.from_config(str(home)) as instance:
         records = instance.get_run_records(dg.RunsFilter(job_name="ingest_enrollment_events"))
-        return [(r.start_time, r.end_time or time.time()) for r in records if r.start_time]
+        return [
+            (r.start_time, r.end_time or time.time())
+            for r in records
+            if r.start_time and r.dagster_run.tags.get(RANGE_TAG, "").startswith(f"{topic}:")
+        ]
 
 
 def _most_at_once(spans: list[tuple[float, float]]) -> int:
@@ -200,7 +207,7 @@ def measure(
                 if dev.poll() is not None or time.monotonic() > deadline:
                     raise RuntimeError("dagster dev stopped, or the stream was not applied")
                 time.sleep(0.5)
-            spans = _runs(home)
+            spans = _runs(home, topic)
         first_start = min(start for start, _ in spans)
         lanes = Lanes(
             parallel_runs,
