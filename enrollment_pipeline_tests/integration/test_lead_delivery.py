@@ -20,7 +20,7 @@ from werkzeug import Request, Response
 
 from enrollment_pipeline.defs.leads.jobs import deliver_leads
 from enrollment_pipeline.defs.leads.sensors import lead_events_sensor
-from enrollment_pipeline.defs.offset_ranges import ATTEMPT_TAG
+from enrollment_pipeline.defs.offset_ranges import ATTEMPT_TAG, PARTITIONS_TAG
 from enrollment_pipeline.domain.offset_ranges import PartitionRange, RangePlan
 from enrollment_pipeline.lib.clients.crm import CrmClient
 from enrollment_pipeline.lib.clients.kafka import KafkaClient, KafkaConfig
@@ -428,12 +428,15 @@ def test_a_failing_range_is_requested_again_then_reported(pipeline: Pipeline, lo
             )
         ),
     }
-    keys = []
+    keys, seen = [], []
     with dg.instance_for_test() as instance:
-        for attempt in (1, 2):
+        for _ in range(1 + 3):  # the whole range once, then each failed partition alone
             with dg.build_sensor_context(instance=instance, resources=resources) as context:
-                (request,) = lead_events_sensor(context).run_requests
-            assert request.tags[ATTEMPT_TAG] == str(attempt)
+                outcome = lead_events_sensor(context)
+            if isinstance(outcome, dg.SkipReason):
+                break
+            (request,) = outcome.run_requests
+            seen.append((request.tags[PARTITIONS_TAG], request.tags[ATTEMPT_TAG]))
             keys.append(request.run_key)
             assert not run_job(
                 deliver_leads,
@@ -443,10 +446,14 @@ def test_a_failing_range_is_requested_again_then_reported(pipeline: Pipeline, lo
                 tags=request.tags,
                 raise_on_error=False,
             ).success
-        with dg.build_sensor_context(instance=instance, resources=resources) as context:
-            outcome = lead_events_sensor(context)
-    assert len(set(keys)) == 2
-    assert isinstance(outcome, dg.SkipReason) and "failed 2 times" in outcome.skip_message
+        else:
+            with dg.build_sensor_context(instance=instance, resources=resources) as context:
+                outcome = lead_events_sensor(context)
+    partitions = seen[0][0].split(",")
+    assert seen == [(",".join(partitions), "1")] + [(p, "2") for p in partitions]
+    assert len(set(keys)) == len(keys)
+    assert isinstance(outcome, dg.SkipReason)
+    assert outcome.skip_message.count("failed 2 times") == len(partitions)
     assert local_crm.state.leads == []
 
 
