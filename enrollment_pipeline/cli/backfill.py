@@ -18,6 +18,25 @@ ASSET_OP = "historic_enrollment_events"
 DAY = click.DateTime(["%Y-%m-%d"])
 
 
+def _queueing_options(command):
+    """The options of a command that queues runs through the webserver."""
+    for option in reversed(
+        [
+            click.option(
+                "--url",
+                envvar="DAGSTER_URL",
+                default="http://127.0.0.1:3000",
+                show_default=True,
+                help="The Dagster webserver (or DAGSTER_URL).",
+            ),
+            click.option("--dry-run", is_flag=True, help="Print the runs; queue nothing."),
+            click.option("--json", "as_json", is_flag=True, help="One JSON document, for scripts."),
+        ]
+    ):
+        command = option(command)
+    return command
+
+
 @click.command()
 @click.option("--from", "first", type=DAY, required=True, help="First day (UTC), YYYY-MM-DD.")
 @click.option("--to", "last", type=DAY, required=True, help="Last day, included.")
@@ -36,15 +55,7 @@ DAY = click.DateTime(["%Y-%m-%d"])
     help="Days one run covers: live events of a backfilled partition wait at most one run.",
 )
 @click.option("--publish-leads", is_flag=True, help="Publish the leads of archived events.")
-@click.option(
-    "--url",
-    envvar="DAGSTER_URL",
-    default="http://127.0.0.1:3000",
-    show_default=True,
-    help="The Dagster webserver (or DAGSTER_URL).",
-)
-@click.option("--dry-run", is_flag=True, help="Print the runs; queue nothing.")
-@click.option("--json", "as_json", is_flag=True, help="One JSON document, for scripts.")
+@_queueing_options
 def backfill(first, last, shards, days_per_run, publish_leads, url, dry_run, as_json) -> None:
     """Queue the runs of a backfill of archive days (Contract 5).
 
@@ -147,15 +158,7 @@ def _row(run: BackfillRun) -> dict[str, object]:
     "partition's lease (live ingestion of the others goes on), or one run over every "
     "application (a fresh collection swapped in; every partition's lease: ingestion waits).",
 )
-@click.option(
-    "--url",
-    envvar="DAGSTER_URL",
-    default="http://127.0.0.1:3000",
-    show_default=True,
-    help="The Dagster webserver (or DAGSTER_URL).",
-)
-@click.option("--dry-run", is_flag=True, help="Print the runs; queue nothing.")
-@click.option("--json", "as_json", is_flag=True, help="One JSON document, for scripts.")
+@_queueing_options
 def rebuild(shards, url, dry_run, as_json) -> None:
     """Queue a rebuild of the read model from the event store.
 
