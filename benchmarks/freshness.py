@@ -9,7 +9,7 @@ event → run created (the sensor's tick), created → started (the queue and th
 starting, code loaded), started → document (the batch).
 
     enrollment-pipeline stack up && export $(enrollment-pipeline stack env)
-    .venv/bin/python benchmarks/freshness.py --events 24 --every 4
+    .venv/bin/python benchmarks/freshness.py --events 24 --every 4 [--lanes 3]
 """
 
 from __future__ import annotations
@@ -80,7 +80,7 @@ def _ingestion_runs(home: Path) -> list[tuple[float, float | None]]:
         ]
 
 
-def measure(events: int, every: float, *, ui_timeout: float = 180) -> Freshness:
+def measure(events: int, every: float, *, lanes: int = 1, ui_timeout: float = 180) -> Freshness:
     kafka_settings, mongo_settings = KafkaSettings(), MongoSettings()
     topic = f"fresh-{uuid.uuid4().hex[:8]}"
     database = f"fresh_{uuid.uuid4().hex[:8]}"
@@ -96,6 +96,7 @@ def measure(events: int, every: float, *, ui_timeout: float = 180) -> Freshness:
         "ENROLLMENT_TOPIC": topic,
         "LEAD_TOPIC": f"{topic}-leads",
         "MONGO_DATABASE": database,
+        "INGEST_PARALLEL_RUNS": str(lanes),
     }
     dev = subprocess.Popen(
         [
@@ -161,9 +162,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=24)
     parser.add_argument("--every", type=float, default=4.0, help="Seconds between events.")
+    parser.add_argument(
+        "--lanes", type=int, default=1, help="INGEST_PARALLEL_RUNS (the topic has 3 partitions)."
+    )
     args = parser.parse_args()
     print(f"$ {' '.join([sys.executable.rsplit('/', 1)[-1], *sys.argv])}")
-    print(measure(args.events, args.every).summary())
+    print(measure(args.events, args.every, lanes=args.lanes).summary())
 
 
 if __name__ == "__main__":

@@ -177,6 +177,12 @@ class IngestSettings(_Settings):
     ingest_max_range_attempts: int = Field(default=3, ge=1)
     ingest_max_dead_letter_rate: float = Field(default=0.05, ge=0, le=1)
     ingest_max_consumer_lag: int = Field(default=100_000, ge=0)
+    # How long a sensor tick that has nothing to request waits for a new record or for a run
+    # in flight to end, then ticks again at once: the next range starts within a second, not
+    # at the daemon's next loop (every 5 s). A tick also spends about a second in Dagster's
+    # own work: with more than 3 s here, it would still run when the next loop comes and that
+    # loop would skip it. 0 turns the wait off.
+    sensor_wait_seconds: float = Field(default=3.0, ge=0, le=4)
 
     @model_validator(mode="after")
     def _time_bounds_in_order(self) -> IngestSettings:

@@ -33,7 +33,12 @@ class Pipeline:
         self.store = EnrollmentStore.of(mongo)
 
     def settings(self, **overrides) -> PipelineSettingsResource:
-        """The settings resource of this pipeline's topics, with `overrides` (e.g. limits)."""
+        """The settings resource of this pipeline's topics, with `overrides` (e.g. limits).
+
+        A caught-up sensor tick skips at once here (no SENSOR_WAIT_SECONDS): tests tick until
+        it skips, and the wait has its own tests.
+        """
+        overrides.setdefault("sensor_wait_seconds", 0)
         return PipelineSettingsResource(
             enrollment_topic=self.topic, lead_topic=self.lead_topic, **overrides
         )

@@ -264,7 +264,6 @@ def demo(applications: int, rate: float, port: int) -> None:
 
     import requests
 
-    from enrollment_pipeline.defs.offset_ranges import SENSOR_INTERVAL_SECONDS
     from enrollment_pipeline.settings import PipelineSettings
     from enrollment_pipeline.stack.demo import Demo
 
@@ -291,7 +290,8 @@ def demo(applications: int, rate: float, port: int) -> None:
         demo.wait_for_ui()
         console.print(
             f"[bold]Dagster UI: http://127.0.0.1:{port}[/] "
-            f"(sensors run every {SENSOR_INTERVAL_SECONDS} s)"
+            f"(sensors tick every 5 s; a tick with nothing to do waits "
+            f"{PipelineSettings().sensor_wait_seconds:g} s for an event)"
         )
         console.print(f"  dagster dev logs: {demo.dagster_log}")
         console.print(f"  hourly_broker_followups: {demo.start_schedule()}")

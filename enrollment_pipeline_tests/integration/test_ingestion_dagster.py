@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+import time
 import uuid
 from collections.abc import Iterator
 
@@ -29,7 +31,9 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture
 def settings(topic, lead_topic) -> PipelineSettingsResource:
-    return PipelineSettingsResource(enrollment_topic=topic, lead_topic=lead_topic)
+    return PipelineSettingsResource(
+        sensor_wait_seconds=0, enrollment_topic=topic, lead_topic=lead_topic
+    )
 
 
 @pytest.fixture
@@ -106,8 +110,40 @@ def test_sensor_requests_exact_ranges_and_the_run_applies_them(
     assert isinstance(tick(instance, kafka, mongo, settings), dg.SkipReason)  # nothing left
 
 
+def test_a_caught_up_tick_requests_the_run_of_a_record_written_while_it_waits(
+    instance, kafka, mongo, topic
+):
+    waiting = PipelineSettingsResource(enrollment_topic=topic, sensor_wait_seconds=4)
+    produce_apps(kafka, topic, 3)
+    (request,) = tick(instance, kafka, mongo, waiting).run_requests
+    assert run(instance, kafka, mongo, waiting, request).success  # caught up now
+
+    later = threading.Timer(
+        1.0, lambda: kafka.produce_batch(topic, [f.record(f.submitted("APP-LATE", 9))])
+    )
+    started = time.monotonic()
+    later.start()
+    result = tick(instance, kafka, mongo, waiting)
+    took = time.monotonic() - started
+    later.join()
+    (request,) = result.run_requests  # in this tick, not the next one
+    assert took < 3.5, f"the tick returned {took:.1f} s after it started: it waited it out"
+    ranges = request.run_config["ops"]["ingest_offset_range"]["config"]["ranges"]
+    assert sum(r["end"] - r["start"] for r in ranges) == 1
+    assert run(instance, kafka, mongo, waiting, request).success
+    assert mongo.db()[APPLICATIONS].find_one({"_id": "APP-LATE"}) is not None
+
+    quiet = PipelineSettingsResource(enrollment_topic=topic, sensor_wait_seconds=1.5)
+    started = time.monotonic()
+    outcome = tick(instance, kafka, mongo, quiet)
+    assert isinstance(outcome, dg.SkipReason) and outcome.skip_message == "no new records"
+    assert time.monotonic() - started >= 1.5  # nothing came: it waited, then skipped
+
+
 def test_sensor_caps_a_run(settings, instance, kafka, mongo, topic):
-    settings = PipelineSettingsResource(enrollment_topic=topic, ingest_max_events_per_run=7)
+    settings = PipelineSettingsResource(
+        sensor_wait_seconds=0, enrollment_topic=topic, ingest_max_events_per_run=7
+    )
     produce_apps(kafka, topic, 40)
     (request,) = tick(instance, kafka, mongo, settings).run_requests
     ranges = request.run_config["ops"]["ingest_offset_range"]["config"]["ranges"]
@@ -137,14 +173,42 @@ def test_partitions_of_a_run_in_flight_are_not_requested(settings, instance, kaf
     assert isinstance(outcome, dg.SkipReason)
     assert "partitions [0] have a run in flight" in outcome.skip_message
 
-    two_lanes = PipelineSettingsResource(enrollment_topic=topic, ingest_parallel_runs=2)
+    two_lanes = PipelineSettingsResource(
+        sensor_wait_seconds=0, enrollment_topic=topic, ingest_parallel_runs=2
+    )
     (request,) = tick(instance, kafka, mongo, two_lanes).run_requests  # lanes {0, 2} and {1}
     assert (request.tags[PARTITIONS_TAG], request.tags[LANE_TAG]) == ("1", "1")
 
 
+def test_a_tick_blocked_by_a_run_in_flight_requests_the_next_range_when_that_run_ends(
+    instance, kafka, mongo, topic
+):
+    waiting = PipelineSettingsResource(enrollment_topic=topic, sensor_wait_seconds=4)
+    produce_apps(kafka, topic, 40)
+    (request,) = tick(instance, kafka, mongo, waiting).run_requests
+    previous = instance.create_run_for_job(
+        resolve(ingest_enrollment_events, {"kafka": kafka, "mongo": mongo, "settings": waiting}),
+        run_config=request.run_config,
+        status=dg.DagsterRunStatus.STARTED,
+        tags=request.tags,
+    )
+    ends = threading.Timer(1.0, lambda: instance.report_run_failed(previous, "ended by the test"))
+    started = time.monotonic()
+    ends.start()
+    result = tick(instance, kafka, mongo, waiting)
+    took = time.monotonic() - started
+    ends.join()
+    # The failed range is asked for again, in this tick: not at the daemon's next loop.
+    (retry,) = result.run_requests
+    assert retry.tags[ATTEMPT_TAG] == "2"
+    assert took < 3.5, f"the tick returned {took:.1f} s after it started: it waited it out"
+
+
 def test_two_lanes_get_two_runs_over_disjoint_partitions(settings, instance, kafka, mongo, topic):
     produce_apps(kafka, topic, 40)
-    two_lanes = PipelineSettingsResource(enrollment_topic=topic, ingest_parallel_runs=2)
+    two_lanes = PipelineSettingsResource(
+        sensor_wait_seconds=0, enrollment_topic=topic, ingest_parallel_runs=2
+    )
     requests = tick(instance, kafka, mongo, two_lanes).run_requests
     assert [(r.tags[LANE_TAG], r.tags[PARTITIONS_TAG]) for r in requests] == [
         ("0", "0,2"),
@@ -157,7 +221,9 @@ def test_two_lanes_get_two_runs_over_disjoint_partitions(settings, instance, kaf
 
 
 def test_a_failed_range_is_requested_again_then_reported(settings, instance, kafka, mongo, topic):
-    settings = PipelineSettingsResource(enrollment_topic=topic, ingest_max_range_attempts=2)
+    settings = PipelineSettingsResource(
+        sensor_wait_seconds=0, enrollment_topic=topic, ingest_max_range_attempts=2
+    )
     produce_apps(kafka, topic, 12)
     broken_mongo = MongoConnection(
         MongoConfig(
@@ -183,7 +249,9 @@ def test_a_failed_range_is_requested_again_then_reported(settings, instance, kaf
 def test_a_partition_that_keeps_failing_does_not_hold_the_others(
     settings, instance, kafka, mongo, topic
 ):
-    settings = PipelineSettingsResource(enrollment_topic=topic, ingest_max_range_attempts=2)
+    settings = PipelineSettingsResource(
+        sensor_wait_seconds=0, enrollment_topic=topic, ingest_max_range_attempts=2
+    )
     produce_apps(kafka, topic, 30)
     broken_mongo = MongoConnection(
         MongoConfig(
@@ -215,7 +283,7 @@ def test_twelve_partitions_in_one_request(instance, kafka, mongo):
     """(How fast such a tick is: `benchmarks/ingest_throughput.py --ticks N`.)"""
     topic = f"test-12-{uuid.uuid4().hex[:8]}"
     kafka.ensure_topics([topic], partitions=12)
-    settings = PipelineSettingsResource(enrollment_topic=topic)
+    settings = PipelineSettingsResource(sensor_wait_seconds=0, enrollment_topic=topic)
     try:
         produce_apps(kafka, topic, 120)
         (request,) = tick(instance, kafka, mongo, settings).run_requests
@@ -226,7 +294,7 @@ def test_twelve_partitions_in_one_request(instance, kafka, mongo):
 
 
 def test_a_tick_with_kafka_or_mongo_down_names_the_setting_to_fix(instance, kafka, mongo, topic):
-    settings = PipelineSettingsResource(enrollment_topic=topic)
+    settings = PipelineSettingsResource(sensor_wait_seconds=0, enrollment_topic=topic)
     no_kafka = KafkaClient(KafkaConfig(bootstrap_servers="127.0.0.1:1", bootstrap_timeout_ms=2000))
     with pytest.raises(KafkaUnavailableError, match="check KAFKA_BOOTSTRAP_SERVERS"):
         tick(instance, no_kafka, mongo, settings)
@@ -249,7 +317,9 @@ def test_a_new_partition_stops_ingestion_until_accepted_then_one_lane_drains_the
 
     from enrollment_pipeline.cli import main
 
-    two_lanes = PipelineSettingsResource(enrollment_topic=topic, ingest_parallel_runs=2)
+    two_lanes = PipelineSettingsResource(
+        sensor_wait_seconds=0, enrollment_topic=topic, ingest_parallel_runs=2
+    )
     produce_apps(kafka, topic, 30)
     for request in tick(instance, kafka, mongo, two_lanes).run_requests:
         assert run(instance, kafka, mongo, two_lanes, request).success

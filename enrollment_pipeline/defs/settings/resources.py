@@ -54,6 +54,7 @@ class PipelineSettingsResource(dg.ConfigurableResource):
     ingest_max_range_attempts: int = _default("ingest_max_range_attempts")
     ingest_max_dead_letter_rate: float = _default("ingest_max_dead_letter_rate")
     ingest_max_consumer_lag: int = _default("ingest_max_consumer_lag")
+    sensor_wait_seconds: float = _default("sensor_wait_seconds")
 
     read_model_drift_sample: int = _default("read_model_drift_sample")
 

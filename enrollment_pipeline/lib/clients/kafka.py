@@ -19,7 +19,7 @@ import os
 import socket
 import ssl
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -393,6 +393,41 @@ class KafkaClient:
         found = consumer.offsets_for_times({tp: when_ms for tp in tps})
         ends = consumer.end_offsets(tps)
         return {tp.partition: at.offset if at is not None else ends[tp] for tp, at in found.items()}
+
+    def wait_for_records(
+        self,
+        topic: str,
+        after: Mapping[int, int],
+        *,
+        timeout_s: float,
+        or_until: Callable[[], bool] = lambda: False,
+    ) -> bool:
+        """Whether, within `timeout_s`, a record at or past `after` (per partition) was written
+        or `or_until()` became true (it is asked every quarter of a second).
+
+        The broker answers a fetch as soon as a record is written, so this returns within
+        milliseconds of the produce; False at the deadline.
+        """
+        deadline = time.monotonic() + timeout_s
+        consumer = self._consumer() if after else None
+        try:
+            if consumer is not None:
+                tps = {p: TopicPartition(topic, p) for p in after}
+                consumer.assign(list(tps.values()))
+                for p, offset in after.items():
+                    consumer.seek(tps[p], offset)
+            while (left := deadline - time.monotonic()) > 0:
+                step = min(left, 0.25)
+                if consumer is None:
+                    time.sleep(step)
+                elif consumer.poll(timeout_ms=max(1, int(step * 1000)), max_records=1):
+                    return True
+                if or_until():
+                    return True
+            return False
+        finally:
+            if consumer is not None:
+                consumer.close()
 
     def read_range(
         self, topic: str, ranges: Mapping[int, tuple[int, int]], *, timeout_s: float = 60.0
