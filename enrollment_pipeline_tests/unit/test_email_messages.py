@@ -12,6 +12,8 @@ from email.utils import parsedate_to_datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from enrollment_pipeline.lib.clients.aws import AwsConfig
 from enrollment_pipeline.lib.clients.email import (
@@ -117,6 +119,36 @@ def test_a_non_ascii_broker_name_needs_no_smtputf8():
     assert not prepared.smtputf8 and prepared.data.isascii()
     message = email.message_from_bytes(prepared.data, policy=email_policy.default)
     assert message["To"].addresses[0].display_name == "Jürgen Müller"
+
+
+_ONE_LINE = st.text(
+    st.characters(blacklist_categories=("Cc", "Cs", "Zl", "Zp")), min_size=1, max_size=120
+).filter(lambda text: text.strip() == text and text.strip())
+_BODY = st.text(
+    st.characters(blacklist_categories=("Cs",), blacklist_characters="\r"), max_size=3000
+).map(lambda text: text + "\n")
+
+
+@settings(max_examples=200, deadline=None)
+@given(name=_ONE_LINE, subject=_ONE_LINE, text=_BODY, html=st.one_of(st.none(), _BODY))
+def test_a_message_reads_back_as_what_was_sent(name, subject, text, html):
+    """Any display name, subject and bodies (non-ASCII, quotes, commas, lines of 3,000
+    characters, lines that start with a dot) reach a reader unchanged, in 7-bit lines within
+    RFC 5322's 998 characters, with exactly the one recipient."""
+    outgoing = OutgoingEmail("ada@brokers.example", subject, text, html, name)
+    prepared = build_message(SENDER, outgoing, now=NOW, smtputf8=False)
+
+    assert prepared.data.isascii()
+    assert max(len(line) for line in prepared.data.split(b"\r\n")) <= 998
+    message = email.message_from_bytes(prepared.data, policy=email_policy.default)
+    (to,) = message["To"].addresses
+    assert (to.addr_spec, to.display_name) == ("ada@brokers.example", name)
+    assert message["Subject"] == subject
+    assert message.get_body(("plain",)).get_content().replace("\r\n", "\n") == text
+    if html is None:
+        assert not message.is_multipart()
+    else:
+        assert message.get_body(("html",)).get_content().replace("\r\n", "\n") == html
 
 
 @pytest.mark.parametrize("sender", ["not-an-address", "a@example.test, b@example.test", ""])

@@ -36,11 +36,16 @@ from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from email import policy as email_policy
+from email.charset import QP, Charset
 from email.errors import MessageError, NonASCIILocalPartDefect
+from email.header import Header
 from email.headerregistry import Address
 from email.message import EmailMessage as MimeMessage
-from email.parser import BytesHeaderParser, HeaderParser
-from email.utils import format_datetime, make_msgid
+from email.mime.multipart import MIMEMultipart
+from email.mime.nonmultipart import MIMENonMultipart
+from email.mime.text import MIMEText
+from email.parser import HeaderParser
+from email.utils import format_datetime, formataddr, make_msgid
 from typing import Any
 
 from botocore.exceptions import (
@@ -250,6 +255,10 @@ def build_message(
         raise InvalidAddressError(
             "a non-ASCII address, which this server cannot take (no SMTPUTF8)"
         )
+    msgid_domain = from_address.domain.encode("idna").decode("ascii")
+    if not utf8:
+        return _ascii_envelope_message(from_address, to, email, now=now, msgid_domain=msgid_domain)
+    # Non-ASCII addresses (SMTPUTF8): the modern API, which writes UTF-8 headers.
     local, _, domain = to.rpartition("@")
     # Built with 7-bit bodies (quoted-printable for non-ASCII text): no 8BITMIME needed.
     message = MimeMessage(policy=email_policy.SMTP.clone(cte_type="7bit"))
@@ -258,23 +267,17 @@ def build_message(
         message["To"] = Address(display_name=email.to_name or "", username=local, domain=domain)
         message["Subject"] = email.subject
         message["Date"] = format_datetime(now.astimezone(UTC))
-        msgid_domain = from_address.domain.encode("idna").decode("ascii")
         message["Message-ID"] = make_msgid(domain=msgid_domain)
         message.set_content(email.body)
         if email.html:
             message.add_alternative(email.html, subtype="html")
-        data = message.as_bytes(policy=email_policy.SMTPUTF8 if utf8 else email_policy.SMTP)
+        data = message.as_bytes(policy=email_policy.SMTPUTF8)
     except (ValueError, TypeError, LookupError, MessageError) as exc:
         raise InvalidAddressError(f"the message cannot be built ({type(exc).__name__})") from None
     # Read the To header back as a receiver would: it must be exactly that one mailbox (the
     # headers only: parsing the MIME parts too tripled the cost of a message).
-    back = (
-        HeaderParser(policy=email_policy.default).parsestr(data.decode("utf-8"))
-        if utf8
-        else BytesHeaderParser(policy=email_policy.default).parsebytes(data)
-    )
-    header = back["To"]
-    defects = [d for d in header.defects if not (utf8 and isinstance(d, NonASCIILocalPartDefect))]
+    header = HeaderParser(policy=email_policy.default).parsestr(data.decode("utf-8"))["To"]
+    defects = [d for d in header.defects if not isinstance(d, NonASCIILocalPartDefect)]
     if defects or [a.addr_spec for a in header.addresses] != [to]:
         raise InvalidAddressError("the To header does not read back as that one mailbox")
     return PreparedEmail(
@@ -282,7 +285,63 @@ def build_message(
         envelope_to=to,
         data=data,
         message_id=str(message["Message-ID"]),
-        smtputf8=utf8,
+        smtputf8=True,
+    )
+
+
+# Bodies go as 7-bit: plain when ASCII in short lines, else quoted-printable UTF-8.
+_QUOTED_PRINTABLE_UTF8 = Charset("utf-8")
+_QUOTED_PRINTABLE_UTF8.body_encoding = QP
+_WIRE = email_policy.compat32.clone(linesep="\r\n")
+_MAX_PLAIN_LINE = 998  # RFC 5322's limit, CRLF excluded
+
+
+def _text_part(body: str, subtype: str) -> MIMENonMultipart:
+    if body.isascii() and all(len(line) <= _MAX_PLAIN_LINE for line in body.splitlines()):
+        return MIMEText(body, subtype, "us-ascii")
+    part = MIMENonMultipart("text", subtype, policy=_WIRE)
+    part.set_payload(body, _QUOTED_PRINTABLE_UTF8)
+    return part
+
+
+def _ascii_envelope_message(
+    from_address: Address, to: str, email: OutgoingEmail, *, now: datetime, msgid_domain: str
+) -> PreparedEmail:
+    """`build_message` for ASCII addresses (nearly every message), with the mail library's
+    classic API: a third of the CPU of its modern one, whose header objects cost about 3 ms a
+    message. Display names and subjects that are not ASCII are RFC 2047 encoded words."""
+    texts = (email.to_name or "", email.subject, from_address.display_name)
+    if any(char in text for text in texts for char in "\r\n"):
+        raise InvalidAddressError("the message cannot be built (a line break in a header)")
+    try:
+        message: MIMENonMultipart | MIMEMultipart
+        if email.html:
+            message = MIMEMultipart("alternative", policy=_WIRE)
+            message.attach(_text_part(email.body, "plain"))
+            message.attach(_text_part(email.html, "html"))
+        else:
+            message = _text_part(email.body, "plain")
+        from_header = formataddr((from_address.display_name, from_address.addr_spec), "utf-8")
+        to_header = formataddr((email.to_name or "", to), "utf-8")
+        message["From"] = from_header
+        message["To"] = to_header
+        if email.subject.isascii():
+            message["Subject"] = email.subject
+        else:
+            # RFC 2047 encoded words (the classic API takes a Header; typeshed says str).
+            message["Subject"] = Header(email.subject, "utf-8")  # type: ignore[assignment]
+        message["Date"] = format_datetime(now.astimezone(UTC))
+        message_id = make_msgid(domain=msgid_domain)
+        message["Message-ID"] = message_id
+        data = message.as_bytes(policy=_WIRE)
+    except (ValueError, TypeError, LookupError, MessageError) as exc:
+        raise InvalidAddressError(f"the message cannot be built ({type(exc).__name__})") from None
+    # The To header as a receiver reads it: exactly that one mailbox.
+    back = email_policy.default.header_factory("To", to_header)
+    if back.defects or [a.addr_spec for a in back.addresses] != [to]:
+        raise InvalidAddressError("the To header does not read back as that one mailbox")
+    return PreparedEmail(
+        envelope_from=from_address.addr_spec, envelope_to=to, data=data, message_id=message_id
     )
 
 
