@@ -15,6 +15,7 @@ import json
 import tempfile
 import time
 from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -403,37 +404,42 @@ REBUILD_TARGET = f"{APPLICATIONS}_rebuild"
 def _rebuild(store: EnrollmentStore, spill: Spill, *, fold_group: int) -> RebuildReport:
     started = time.monotonic()
     report = RebuildReport(passes=1)
-    seen: set[str] = set()
     cursor = store.db[ENROLLMENT_EVENTS].find({}, {"application_id": 1, "event": 1, "_id": 0})
     for doc in cursor.batch_size(_STREAM_BATCH):
         spill.add(doc["application_id"], {"a": doc["application_id"], "e": doc["event"]})
-        seen.add(doc["application_id"])
         report.events += 1
     target = store.db[REBUILD_TARGET]
     target.drop()  # what a crashed rebuild left
     target.create_indexes(list(INDEXES[APPLICATIONS]))
-    for group in spill.groups(max_records=fold_group):
-        report.groups += 1
-        rows = by_application(group)
-        folds = {
-            app: fold_history(app, [EnrollmentEvent.from_stored(r["e"]) for r in events])
-            for app, events in rows.items()
-        }
-        existing = store.applications(folds)
-        writes = plan_writes(folds, {}, store.followups(folds), BatchReport())
-        store.writer.insert_new(target, writes.new_apps)
-        store.write_followups(writes.new_followups, writes.followup_updates)
-        report.applications += len(folds)
-        report.followups_written += len(writes.new_followups) + len(writes.followup_updates)
-        for document in writes.new_apps:
-            before = existing.get(document["_id"])
-            if before is None:
-                report.documents_created += 1
-            elif normalized(before) != normalized(document):
-                report.documents_changed += 1
-    # Documents of no stored event cannot be the fold of anything: counted, then gone.
-    for doc in store.db[APPLICATIONS].find({}, {"_id": 1}).batch_size(_STREAM_BATCH):
-        report.documents_removed += doc["_id"] not in seen
+    matched = 0  # documents that are the fold of stored events
+    # The group's documents and follow-ups are read while it is folded (the store works on
+    # another core meanwhile).
+    with ThreadPoolExecutor(2, thread_name_prefix="rebuild-read") as readers:
+        for group in spill.groups(max_records=fold_group):
+            report.groups += 1
+            rows = by_application(group)
+            reading_apps = readers.submit(store.applications, list(rows))
+            reading_followups = readers.submit(store.followups, list(rows))
+            folds = {
+                app: fold_history(app, [EnrollmentEvent.from_stored(r["e"]) for r in events])
+                for app, events in rows.items()
+            }
+            existing = reading_apps.result()
+            matched += len(existing)
+            writes = plan_writes(folds, {}, reading_followups.result(), BatchReport())
+            store.writer.insert_new(target, writes.new_apps)
+            store.write_followups(writes.new_followups, writes.followup_updates)
+            report.applications += len(folds)
+            report.followups_written += len(writes.new_followups) + len(writes.followup_updates)
+            for document in writes.new_apps:
+                before = existing.get(document["_id"])
+                if before is None:
+                    report.documents_created += 1
+                elif normalized(before) != normalized(document):
+                    report.documents_changed += 1
+    # Documents of no stored event cannot be the fold of anything: counted, then gone. The
+    # lease holds every writer that adds or deletes documents off, so they are the rest.
+    report.documents_removed = store.db[APPLICATIONS].count_documents({}) - matched
     if report.documents_created or report.documents_changed or report.documents_removed:
         store.writer.guard()  # still the holder: nobody else writes during the swap
         store.db[APPLICATIONS].drop()

@@ -202,6 +202,30 @@ def test_rebuild_after_losing_applications_keeps_the_email_history(
     assert pipeline.mongo.db()[BROKER_FOLLOWUPS].count_documents({}) == len(before_followups)
 
 
+def test_a_full_rebuild_counts_and_repairs_a_stale_document_and_drops_an_orphan(
+    pipeline: Pipeline,
+):
+    records = list(synthetic_records(40, seed=3, start=START))
+    pipeline.produce([(r.key, r.value) for r in records])
+    pipeline.ingest()
+    before_apps, _ = read_model(pipeline)
+    applications = pipeline.mongo.db()[APPLICATIONS]
+    stale = sorted(before_apps)[0]
+    applications.update_one({"_id": stale}, {"$set": {"status": "EDITED BY HAND"}})
+    applications.insert_one({"_id": "APP-ORPHAN", "status": "SUBMITTED"})  # no stored event
+
+    report = rebuild_read_model(pipeline.store, lease=pipeline.lease(), fold_group=25)
+
+    assert (report.documents_created, report.documents_changed, report.documents_removed) == (
+        0,
+        1,
+        1,
+    )
+    assert report.swapped and report.applications == len(before_apps)
+    assert applications.find_one({"_id": "APP-ORPHAN"}) is None
+    assert read_model(pipeline)[0] == before_apps
+
+
 def test_publish_leads_true_publishes_the_leads_of_the_archived_events(
     pipeline: Pipeline, tmp_path: Path
 ):
