@@ -34,7 +34,6 @@ import raw_limits
 import stream_scale
 from pymongo import monitoring
 
-from enrollment_pipeline.defs.offset_ranges import SENSOR_INTERVAL_SECONDS
 from enrollment_pipeline.lib.clients.email import SmtpEmailSender
 from enrollment_pipeline.lib.clients.mongo import MongoConnection
 from enrollment_pipeline.lib.mongo.collections import APPLICATIONS
@@ -200,7 +199,8 @@ def main() -> None:
             f"produce → read model through `dagster dev`, sensor on, one event every "
             f"{args.fresh_every:g} s ({args.fresh_events} events)",
             f"p50 {q(fresh.latencies, 0.5):.1f} s, p95 {q(fresh.latencies, 0.95):.1f} s",
-            f"sensor interval {SENSOR_INTERVAL_SECONDS} s; of the p50: "
+            f"a tick every 5 s, waiting up to {PipelineSettings().sensor_wait_seconds:g} s "
+            "for an event; of the p50: "
             f"{q(fresh.to_run_created, 0.5):.1f} s to the run, "
             f"{q(fresh.created_to_started, 0.5):.1f} s to its start, "
             f"{q(fresh.started_to_document, 0.5):.1f} s in the run",
