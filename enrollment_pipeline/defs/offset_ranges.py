@@ -35,6 +35,7 @@ from enrollment_pipeline.domain.offset_ranges import (
     partition_range_key,
     plan_lane_runs,
 )
+from enrollment_pipeline.lib.clients.kafka import KafkaUnavailableError
 from enrollment_pipeline.lib.clients.mongo import MongoConnection
 from enrollment_pipeline.lib.dagster_runs import FAILED, IN_FLIGHT
 from enrollment_pipeline.lib.mongo.layout import PartitionCountChangedError, check_layout
@@ -308,12 +309,17 @@ def offset_range_sensor(
         deadline = time.monotonic() + settings.sensor_wait_seconds
         result, wait = _tick(context, kafka, mongo, settings)
         while wait is not None and (left := deadline - time.monotonic()) > 0:
-            if not kafka.get_client().wait_for_records(
-                topic(settings),
-                wait.ends,
-                timeout_s=left,
-                or_until=partial(runs_ended, context.instance, wait.runs),
-            ):
+            try:
+                changed = kafka.get_client().wait_for_records(
+                    topic(settings),
+                    wait.ends,
+                    timeout_s=left,
+                    or_until=partial(runs_ended, context.instance, wait.runs),
+                )
+            except KafkaUnavailableError as exc:  # the tick's answer stands; the next one says
+                context.log.warning(f"stopped waiting for records: {exc}")
+                break
+            if not changed:
                 break
             result, wait = _tick(context, kafka, mongo, settings)
         return result

@@ -406,7 +406,8 @@ class KafkaClient:
         or `or_until()` became true (it is asked every quarter of a second).
 
         The broker answers a fetch as soon as a record is written, so this returns within
-        milliseconds of the produce; False at the deadline.
+        milliseconds of the produce; False at the deadline. Kafka failing meanwhile is a
+        `KafkaUnavailableError`.
         """
         deadline = time.monotonic() + timeout_s
         consumer = self._consumer() if after else None
@@ -425,6 +426,8 @@ class KafkaClient:
                 if or_until():
                     return True
             return False
+        except (KafkaError, OSError) as exc:
+            raise self._unavailable(exc) from exc
         finally:
             if consumer is not None:
                 consumer.close()
