@@ -22,6 +22,7 @@ import pytest
 from enrollment_pipeline.defs.offset_ranges import LANE_TAG, PARTITIONS_TAG
 from enrollment_pipeline.domain.partitioning import partition_of
 from enrollment_pipeline.lib.consumer_groups import READ_MODEL_GROUP
+from enrollment_pipeline.lib.dagster_runs import IN_FLIGHT
 from enrollment_pipeline.lib.mongo.collections import WRITER_LEASES
 from enrollment_pipeline.lib.mongo.store import EnrollmentStore
 from enrollment_pipeline.lib.sample_data import synthetic_events, synthetic_records, write_archive
@@ -279,6 +280,16 @@ def test_a_killed_run_is_failed_in_bounded_time_and_its_range_runs_again(
         wait_until(killed_run_failed, 90, dev, "the killed run marked failed")
         failed_after = time.monotonic() - killed_at
         wait_until(lambda: caught_up(kafka, mongo, topic), 400, dev, "every range applied")
+        # A run commits its offsets before it ends: let the last ones end before the checks.
+        in_flight = {status.value for status in IN_FLIGHT}
+        wait_until(
+            lambda: (
+                not any(r.status in in_flight for r in runs_of(home, "ingest_enrollment_events"))
+            ),
+            60,
+            dev,
+            "every ingestion run ended",
+        )
     assert failed_after < 60, f"the killed run was failed after {failed_after:.0f} s"
     runs = runs_of(home, "ingest_enrollment_events")
     (killed,) = [r for r in runs if r.run_id == holder["run_id"]]
