@@ -411,7 +411,7 @@ def _rebuild(store: EnrollmentStore, spill: Spill, *, fold_group: int) -> Rebuil
     target = store.db[REBUILD_TARGET]
     target.drop()  # what a crashed rebuild left
     target.create_indexes(list(INDEXES[APPLICATIONS]))
-    matched = 0  # documents that are the fold of stored events
+    folded: set[str] = set()  # applications of a stored event
     # The group's documents and follow-ups are read while it is folded (the store works on
     # another core meanwhile).
     with ThreadPoolExecutor(2, thread_name_prefix="rebuild-read") as readers:
@@ -425,7 +425,7 @@ def _rebuild(store: EnrollmentStore, spill: Spill, *, fold_group: int) -> Rebuil
                 for app, events in rows.items()
             }
             existing = reading_apps.result()
-            matched += len(existing)
+            folded.update(folds)
             writes = plan_writes(folds, {}, reading_followups.result(), BatchReport())
             store.writer.insert_new(target, writes.new_apps)
             store.write_followups(writes.new_followups, writes.followup_updates)
@@ -437,9 +437,11 @@ def _rebuild(store: EnrollmentStore, spill: Spill, *, fold_group: int) -> Rebuil
                     report.documents_created += 1
                 elif normalized(before) != normalized(document):
                     report.documents_changed += 1
-    # Documents of no stored event cannot be the fold of anything: counted, then gone. The
-    # lease holds every writer that adds or deletes documents off, so they are the rest.
-    report.documents_removed = store.db[APPLICATIONS].count_documents({}) - matched
+    # Documents of no stored event cannot be the fold of anything: counted, then gone. A
+    # streamed pass, not one count: FerretDB answers a count over the whole collection only
+    # after scanning it in Go, past MONGO_TIMEOUT_MS on a large read model.
+    for doc in store.db[APPLICATIONS].find({}, {"_id": 1}).batch_size(_STREAM_BATCH):
+        report.documents_removed += doc["_id"] not in folded
     if report.documents_created or report.documents_changed or report.documents_removed:
         store.writer.guard()  # still the holder: nobody else writes during the swap
         store.db[APPLICATIONS].drop()
